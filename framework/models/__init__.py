@@ -1,0 +1,1 @@
+"""Pure torch + transformers models. No lightning, ray or mlflow imports."""

@@ -1,0 +1,87 @@
+"""Memory rows as per-layer prefix K/V, and per-segment attention masks.
+
+A memory row placed in front of a chunk under a causal mask only ever serves as a key and a
+value: its own output is overwritten at the next layer and never read. So instead of running
+queries, attention output and the MLP on those rows, we compute their K/V exactly as the layer's
+attention would (input norm, k/v projection, optional per-head k-norm, RoPE at the row's
+position) and prepend them to the chunk's own K/V.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PrefixKV:
+    """The one method of an HF `Cache` that a decoder layer calls: `update`.
+
+    It prepends stored K/V to the layer's new K/V. With `keep=True` the result is stored, so the
+    next segment of the same chunk sees it (a per-layer KV cache for streaming and decoding).
+    """
+
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, keep: bool = False):
+        self.keys, self.values, self.keep = keys, values, keep
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        if self.keys is not None:
+            key_states = torch.cat([self.keys, key_states], dim=-2)
+            value_states = torch.cat([self.values, value_states], dim=-2)
+        if self.keep:
+            self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def memory_kv(layer, rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """K/V that `layer`'s attention would produce for `rows` (B, M, d) at the given RoPE angles.
+
+    Returns keys and values shaped (B, kv_heads, M, head_dim), ready to prepend.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(rows)
+    shape = (*x.shape[:-1], -1, attn.head_dim)
+    k = attn.k_proj(x).view(shape)
+    if getattr(attn, "k_norm", None) is not None:
+        k = attn.k_norm(k)
+    k = k.transpose(1, 2)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    k = k * cos + rotate_half(k) * sin
+    return k, v
+
+
+def segment_mask(
+    key_valid: torch.Tensor,
+    key_doc: torch.Tensor,
+    key_pos: torch.Tensor,
+    n_query: int,
+    window: int | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Additive mask (B, 1, n_query, n_keys) for the last `n_query` keys acting as queries.
+
+    A query sees a key iff the key is not later than it, is a real (non-padding) row, belongs to
+    the same document, and (for sliding-window layers) lies within the window. Every query sees
+    itself, so no row is fully masked.
+    """
+    n_keys = key_valid.shape[1]
+    offset = n_keys - n_query
+    q_idx = torch.arange(offset, n_keys, device=key_valid.device)
+    k_idx = torch.arange(n_keys, device=key_valid.device)
+    allowed = (k_idx[None, :] <= q_idx[:, None])[None]  # (1, q, k)
+    allowed = allowed & key_valid[:, None, :]
+    allowed = allowed & (key_doc[:, None, :] == key_doc[:, offset:, None])
+    if window is not None:
+        q_pos = key_pos[:, offset:]
+        allowed = allowed & ((q_pos[:, :, None] - key_pos[:, None, :]) < window)
+    allowed = allowed | (q_idx[:, None] == k_idx[None, :])[None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]

@@ -1,0 +1,96 @@
+"""CoMeT hyper-parameters, validated when the config is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class CoMeTConfigError(ValueError):
+    """A CoMeT config field breaks a rule; the message names the field, the rule and a fix."""
+
+
+@dataclass
+class CoMeTConfig:
+    """How CoMeT turns a causal LM into a chunk-recurrent model.
+
+    chunk_size: text tokens per chunk. Attention never crosses a chunk boundary.
+    global_mem_size: slots of gated global memory (and readout tokens per chunk); 0 disables the path.
+    temp_stride: one compression token after every `temp_stride` text tokens; -1 disables the
+        temporary (FIFO) path.
+    temp_budget: most entries the FIFO queue keeps per layer.
+    adapter_rank: rank of the low-rank residual adapters (RLA) on both memory paths.
+    temp_norm_eps: epsilon of the temporary path's RMSNorm (the reference uses 1e-12).
+    reset_memory_at_doc_boundaries: with `document_ids`, no memory or attention crosses documents.
+    gradient_checkpointing: recompute each (layer, chunk) cell in backward.
+    """
+
+    chunk_size: int = 2048
+    global_mem_size: int = 512
+    temp_stride: int = 8
+    temp_budget: int = 2048
+    adapter_rank: int = 8
+    temp_norm_eps: float = 1e-12
+    reset_memory_at_doc_boundaries: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def uses_temp_memory(self) -> bool:
+        return self.temp_stride != -1 and self.temp_budget > 0
+
+    @property
+    def uses_global_memory(self) -> bool:
+        return self.global_mem_size > 0
+
+    def validate(self) -> None:
+        def fail(field: str, rule: str, fix: str) -> None:
+            value = getattr(self, field)
+            raise CoMeTConfigError(f"CoMeTConfig.{field}={value!r}: {rule}. Fix: {fix}.")
+
+        for name in ("chunk_size", "global_mem_size", "temp_stride", "temp_budget", "adapter_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(name, "must be an integer", f"pass an int, e.g. {name}={_DEFAULTS[name]}")
+        if self.chunk_size <= 0:
+            fail("chunk_size", "must be positive", "use e.g. chunk_size=2048")
+        if self.global_mem_size < 0:
+            fail("global_mem_size", "must be >= 0 (0 disables the global memory)", "use e.g. 512")
+        if self.adapter_rank <= 0:
+            fail("adapter_rank", "must be positive", "use the paper's adapter_rank=8")
+        if self.temp_stride == 0 or self.temp_stride < -1:
+            fail("temp_stride", "must be positive, or -1 to disable the temporary memory", "use e.g. 8")
+        if self.temp_stride > self.chunk_size:
+            fail("temp_stride", f"must not exceed chunk_size={self.chunk_size}", "use a smaller stride")
+        if self.temp_budget < 0:
+            fail("temp_budget", "must be >= 0", "use e.g. temp_budget=2048")
+        if self.temp_stride > 0 and self.temp_budget % self.temp_stride != 0:
+            lo = self.temp_budget - self.temp_budget % self.temp_stride
+            fail(
+                "temp_budget",
+                f"must be a multiple of temp_stride={self.temp_stride}",
+                f"use temp_budget={lo or self.temp_stride} or {lo + self.temp_stride}",
+            )
+        if not self.temp_norm_eps > 0:
+            fail("temp_norm_eps", "must be positive", "use 1e-12")
+        if not (self.uses_global_memory or self.uses_temp_memory):
+            fail("global_mem_size", "leaves CoMeT with no memory at all (the temporary path is off too)",
+                 "set global_mem_size > 0 or enable temp_stride/temp_budget")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CoMeTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CoMeTConfigError(
+                f"unknown CoMeTConfig field(s) {unknown}. Fix: use only {sorted(known)}."
+            )
+        return cls(**data)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CoMeTConfig)}

@@ -1,0 +1,182 @@
+"""Chunk-major streaming: prefill any prefix length and decode, keeping only per-layer memory.
+
+The stream holds each layer's memory plus a KV cache for the *open* chunk (the one still being
+filled). Whole chunks of a long prefix go through exactly the training cell and leave nothing
+behind but memory; a chunk is closed (compression token after a partial final group, readouts,
+memory update) only when the next token arrives, so decoding never changes the layout that
+training saw. Compression tokens are inserted after every `temp_stride` text tokens of a chunk,
+in decoding too; they never appear in the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .memory import LayerMemory, MemoryIndex
+
+
+@dataclass
+class OpenChunk:
+    text_valid: torch.Tensor  # (B, n) per text token so far
+    text_doc: torch.Tensor
+    keys: object = None  # KeyMeta of memory rows + rows so far
+    caches: list = field(default_factory=list)  # per layer PrefixKV(keep=True)
+    comp_outputs: list = field(default_factory=list)  # per layer, list of (B, k, d)
+    comp_valid: torch.Tensor | None = None
+    comp_doc: torch.Tensor | None = None
+
+    @property
+    def n_text(self) -> int:
+        return self.text_valid.shape[1]
+
+
+class CoMeTStream:
+    """Feed token ids in any pieces; get next-token logits; memory stays bounded."""
+
+    def __init__(self, model):
+        self.model = model
+        self.memory = [LayerMemory() for _ in range(len(model.layers))]
+        self.index = MemoryIndex()
+        self.open: OpenChunk | None = None
+        self.tokens_seen = 0
+        self._mask_cache: dict = {}
+
+    @torch.no_grad()
+    def feed(self, input_ids: torch.Tensor, logits: str | None = "last") -> torch.Tensor | None:
+        """Append (B, n) tokens. logits: "all" -> (B, n, V); "last" -> (B, 1, V); None -> None."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"feed takes (batch, length>0) token ids; got shape {tuple(input_ids.shape)}")
+        if logits not in ("all", "last", None):
+            raise ValueError(f"logits={logits!r}: use 'all', 'last' or None")
+        model, size = self.model, self.model.config.chunk_size
+        embeds = model.backbone.model.embed_tokens(input_ids)
+        n, pos, outs = input_ids.shape[1], 0, []
+        while pos < n:
+            if self.open is not None and self.open.n_text == size:
+                self._close()
+            have = 0 if self.open is None else self.open.n_text
+            take = min(size - have, n - pos)
+            closes = have + take == size and pos + take < n
+            wanted = logits == "all" or (logits == "last" and pos + take == n)
+            if closes and self.open is None:
+                x, plan = self._whole_chunk(embeds[:, pos:pos + take])
+            else:
+                x, plan = self._append(embeds[:, pos:pos + take])
+            if wanted:
+                rows = plan.text_rows if logits == "all" else plan.text_rows[-1:]
+                outs.append(model.backbone.lm_head(model.backbone.model.norm(x[:, rows])))
+            pos += take
+        self.tokens_seen += n
+        return torch.cat(outs, dim=1) if outs else None
+
+    def _text_meta(self, batch: int, n: int):
+        device = self.model.device
+        return torch.ones(batch, n, dtype=torch.bool, device=device), torch.zeros(batch, n, dtype=torch.long, device=device)
+
+    def _whole_chunk(self, embeds):
+        """A full chunk with more text after it: the training cell, nothing cached."""
+        model = self.model
+        valid, doc = self._text_meta(embeds.shape[0], embeds.shape[1])
+        plan = model._plan(0, embeds.shape[1], True, valid, doc, self.index, None, mask_cache=self._mask_cache)
+        x = model._embed_rows(plan, embeds)
+        for layer_idx in range(len(model.layers)):
+            x, self.memory[layer_idx] = model._closed_cell(layer_idx, x, self.memory[layer_idx], plan)
+        self.index = plan.next_index
+        return x, plan
+
+    def _append(self, embeds):
+        """Add text rows (and the compression tokens they complete) to the open chunk."""
+        model = self.model
+        batch, take = embeds.shape[:2]
+        valid, doc = self._text_meta(batch, take)
+        if self.open is None:
+            self.open = OpenChunk(valid[:, :0], doc[:, :0], comp_valid=valid[:, :0], comp_doc=doc[:, :0],
+                                  comp_outputs=[[] for _ in model.layers])
+        oc = self.open
+        start = oc.n_text
+        oc.text_valid, oc.text_doc = torch.cat([oc.text_valid, valid], 1), torch.cat([oc.text_doc, doc], 1)
+        plan = model._plan(start, start + take, False, oc.text_valid, oc.text_doc, self.index, oc.keys)
+        x = model._embed_rows(plan, embeds)
+        opening = not oc.caches
+        for layer_idx in range(len(model.layers)):
+            if opening:
+                oc.caches.append(model._prefix(layer_idx, self.memory[layer_idx], plan, keep=True))
+            x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+            oc.comp_outputs[layer_idx].append(x[:, plan.comp_rows])
+        comp = plan.comp_rows
+        oc.comp_valid = torch.cat([oc.comp_valid, plan.row_valid[:, comp]], 1)
+        oc.comp_doc = torch.cat([oc.comp_doc, plan.row_doc[:, comp]], 1)
+        oc.keys = plan.keys
+        return x, plan
+
+    def _close(self):
+        """Trailing compression token and readouts over the open chunk's cache, then the memory update."""
+        model, oc = self.model, self.open
+        n = oc.n_text
+        plan = model._plan(n, n, True, oc.text_valid, oc.text_doc, self.index, oc.keys,
+                           comp_meta=(oc.comp_valid, oc.comp_doc))
+        x = model._embed_rows(plan, model.compress_embed.new_zeros(oc.text_valid.shape[0], 0, model.compress_embed.shape[0]))
+        for layer_idx in range(len(model.layers)):
+            x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+            compressed = torch.cat(oc.comp_outputs[layer_idx] + [x[:, plan.comp_rows]], dim=1)
+            self.memory[layer_idx] = model._next_memory(
+                layer_idx, x[:, plan.readout_rows], compressed, self.memory[layer_idx], plan)
+        self.index = plan.next_index
+        self.open = None
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / max(temperature, 1e-5)
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+_SUPPORTED = {"do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "attention_mask", "generator"}
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
+    unknown = sorted(set(kwargs) - _SUPPORTED)
+    if unknown:
+        raise ValueError(f"CoMeT generate does not support {unknown}; supported: {sorted(_SUPPORTED)}")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool(mask.bool().all()):
+        raise ValueError(
+            "CoMeT generate takes a batch of prompts of equal length without padding (each prompt's chunk "
+            "layout depends on its length). Fix: group prompts by length, or generate one prompt at a time"
+        )
+    gen_cfg = getattr(model.backbone, "generation_config", None)
+    eos = kwargs.get("eos_token_id", getattr(gen_cfg, "eos_token_id", None))
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
+    pad = kwargs.get("pad_token_id", getattr(gen_cfg, "pad_token_id", None))
+    pad = pad if pad is not None else (int(eos[0]) if eos.numel() else 0)
+    pick = dict(do_sample=kwargs.get("do_sample", False), temperature=kwargs.get("temperature", 1.0),
+                top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), generator=kwargs.get("generator"))
+
+    stream = model.stream()
+    out = [input_ids]
+    if max_new_tokens <= 0:
+        return input_ids
+    logits = stream.feed(input_ids, logits="last")[:, -1]
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        token = _pick(logits, **pick)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        if eos.numel():
+            done |= torch.isin(token, eos)
+        out.append(token[:, None])
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        logits = stream.feed(token[:, None], logits="last")[:, -1]
+    return torch.cat(out, dim=1)

@@ -1,0 +1,6 @@
+"""Shared pytest setup: tests never reach the Hugging Face Hub."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
