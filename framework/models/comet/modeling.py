@@ -83,7 +83,8 @@ class SegmentPlan:
             mask = self.mask_cache[shared_key]
         else:
             mask = segment_mask(self.keys.valid, self.keys.doc, self.keys.pos, self.layout.n_rows, window, dtype)
-            if self.simple:
+            if self.simple:  # masks of the same shape are equal; keep only the newest shape
+                self.mask_cache.clear()
                 self.mask_cache[shared_key] = mask
         self.masks[key] = mask
         return mask
@@ -373,6 +374,7 @@ class CoMeTForCausalLM(nn.Module):
                 mem = LayerMemory()
                 for t, (_, _, p) in enumerate(plans):
                     xs[t], mem = self._closed_cell(layer_idx, xs[t], mem, p)
+                    p.masks.clear()  # the next use is a layer later: do not hold every chunk's mask
                 memory.append(mem)
         elif schedule == "chunk_major":
             xs, memory = [], [LayerMemory() for _ in range(n_layers)]

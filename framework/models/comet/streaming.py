@@ -51,7 +51,7 @@ class CoMeTStream:
         if logits not in ("all", "last", None):
             raise ValueError(f"logits={logits!r}: use 'all', 'last' or None")
         model, size = self.model, self.model.config.chunk_size
-        embeds = model.backbone.model.embed_tokens(input_ids)
+        embed = model.backbone.model.embed_tokens
         n, pos, outs = input_ids.shape[1], 0, []
         while pos < n:
             if self.open is not None and self.open.n_text == size:
@@ -60,10 +60,11 @@ class CoMeTStream:
             take = min(size - have, n - pos)
             closes = have + take == size and pos + take < n
             wanted = logits == "all" or (logits == "last" and pos + take == n)
+            piece = embed(input_ids[:, pos:pos + take])  # one chunk at a time: memory stays flat
             if closes and self.open is None:
-                x, plan = self._whole_chunk(embeds[:, pos:pos + take])
+                x, plan = self._whole_chunk(piece)
             else:
-                x, plan = self._append(embeds[:, pos:pos + take])
+                x, plan = self._append(piece)
             if wanted:
                 rows = plan.text_rows if logits == "all" else plan.text_rows[-1:]
                 outs.append(model.backbone.lm_head(model.backbone.model.norm(x[:, rows])))
