@@ -23,6 +23,7 @@ import sys
 import time
 
 LENGTHS = [4096, 32768, 131072, 262144, 1048576]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_backbone(vocab: int):
@@ -141,8 +142,6 @@ def spawn(args, kind: str, length: int = 0, timeout: float | None = None) -> dic
         return {"failed": reason}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:

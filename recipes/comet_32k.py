@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from framework.models.comet import CoMeTConfig, CoMeTForCausalLM  # noqa: E402
+from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
 
 PAPER = dict(
     comet=CoMeTConfig(chunk_size=2048, global_mem_size=512, temp_stride=8, temp_budget=2048, gradient_checkpointing=True),

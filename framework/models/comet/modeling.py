@@ -336,9 +336,13 @@ class CoMeTForCausalLM(nn.Module):
         return out[0], LayerMemory(*out[1:])
 
     # ------------------------------------------------------------------ output head
+    def _logits(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at the given rows of a segment's final hidden states."""
+        return self.backbone.lm_head(self.backbone.model.norm(x[:, rows]))
+
     def _head(self, x, plan: SegmentPlan, targets, want_logits: bool):
         def head(x):
-            logits = self.backbone.lm_head(self.backbone.model.norm(x[:, plan.text_rows]))
+            logits = self._logits(x, plan.text_rows)
             if targets is None:
                 return None, logits
             loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")

@@ -67,7 +67,7 @@ class CoMeTStream:
                 x, plan = self._append(piece)
             if wanted:
                 rows = plan.text_rows if logits == "all" else plan.text_rows[-1:]
-                outs.append(model.backbone.lm_head(model.backbone.model.norm(x[:, rows])))
+                outs.append(model._logits(x, rows))
             pos += take
         self.tokens_seen += n
         return torch.cat(outs, dim=1) if outs else None
