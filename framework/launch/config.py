@@ -1,0 +1,90 @@
+"""The job a recipe composes: model, method, data, launch and tracking sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framework.config import ConfigError
+from framework.methods.base_model import BaseModelConfig
+from framework.methods.optim import OptimConfig
+from framework.models.comet import CoMeTConfig
+from framework.tracking.store import TrackingConfig
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass
+class DataConfig:
+    """kind: a data_pipelines source kind (passkey, needle, store_windows, chat). seq_len: tokens per
+    sample. batch_size: samples per worker per step. epochs: passes over num_samples when max_steps is
+    unset. options: kind-specific keys passed to data_pipelines.build_source."""
+
+    kind: str = "chat"
+    seq_len: int = 32768
+    batch_size: int = 1
+    num_samples: int | None = None
+    epochs: int = 3
+    seed: int = 0
+    loader_workers: int = 0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name}={getattr(self, name)!r} must be positive. Fix: e.g. --data.{name} 1")
+        if self.loader_workers < 0:
+            raise ConfigError(f"data.loader_workers={self.loader_workers} must be >= 0. Fix: --data.loader_workers 0")
+
+
+@dataclass
+class LaunchConfig:
+    """num_workers: Ray Train workers (one per GPU with use_gpu). strategy: ddp or fsdp.
+    storage_path: where Ray keeps checkpoints: a local path or a URI (s3://, gs://, ...); empty means
+    <cwd>/outputs/ray. run_name: the MLflow run name (and --resume auto's key)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    strategy: str = "ddp"
+    storage_path: str | None = None
+    max_failures: int = 3
+    checkpoint_every_n_steps: int = 50
+    keep_checkpoints: int = 3
+    run_name: str = "comet"
+    max_steps: int | None = None
+    precision: str = "auto"
+    seed: int = 0
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"launch.num_workers={self.num_workers} must be >= 1. Fix: --num-workers 2")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"launch.strategy={self.strategy!r} is not one of {STRATEGIES}. Fix: --launch.strategy ddp")
+        if self.max_failures < -1:
+            raise ConfigError(f"launch.max_failures={self.max_failures}: use -1 (retry forever), 0, or a positive count")
+        if self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"launch.checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be >= 1")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"launch.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"launch.max_steps={self.max_steps} must be a positive number of optimizer steps. "
+                              "Fix: --max-steps 100")
+        if self.precision not in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
+            raise ConfigError(f"launch.precision={self.precision!r}: use auto, 32-true, bf16-mixed or 16-mixed")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"launch.cpus_per_worker={self.cpus_per_worker} must be positive")
+
+
+@dataclass
+class JobConfig:
+    model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    comet: CoMeTConfig = field(default_factory=CoMeTConfig)
+    method: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def precision(self) -> str:
+        if self.launch.precision != "auto":
+            return self.launch.precision
+        return "bf16-mixed" if self.launch.use_gpu else "32-true"

@@ -1,0 +1,115 @@
+"""The command line every recipe shares: presets, the common flags, and dotted overrides.
+
+    python recipes/comet_32k.py --preset tiny --num-workers 2 --data.seq_len 512 --method.lr=1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Mapping, Sequence
+
+from framework.config import ConfigError, apply_overrides, describe, from_dict
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Dotted overrides (`--a.b V`, `--a.b=V`) apart from the ordinary flags."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        key = tok[2:].split("=", 1)[0] if tok.startswith("--") else ""
+        if "." in key:
+            if "=" in tok or i + 1 >= len(argv):
+                overrides.append(tok)
+                i += 1
+            else:
+                overrides += [tok, argv[i + 1]]
+                i += 2
+        else:
+            flags.append(tok)
+            i += 1
+    return flags, overrides
+
+
+def build_parser(description: str, presets: Sequence[str], default: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any config field can be set as --section.field VALUE; --help-config lists them.")
+    p.add_argument("--preset", choices=list(presets), default=default, help=f"starting config (default {default})")
+    p.add_argument("--config", help="a YAML file of config sections, applied before the flags")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default: the data's epochs)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker, bf16-mixed")
+    p.add_argument("--resume", help="runs:/<run_id>, models:/<name>@<alias>, auto, or a checkpoint directory")
+    p.add_argument("--tracking-uri", help="MLflow server or database (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--model-name", help="registered model name")
+    p.add_argument("--run-name", help="MLflow run name (the key of --resume auto)")
+    p.add_argument("--help-config", action="store_true", help="print every config field and its value, then exit")
+    return p
+
+
+def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
+    cfg = presets[args.preset]()
+    if args.config:
+        import dataclasses
+
+        import yaml
+
+        with open(args.config) as fh:
+            data = yaml.safe_load(fh) or {}
+        merged = dataclasses.asdict(cfg)
+        for section, values in data.items():
+            if not isinstance(values, dict) or section not in merged:
+                raise ConfigError(f"{args.config}: top-level key {section!r} is not a config section "
+                                  f"({sorted(merged)}). Fix: nest fields under their section")
+            merged[section].update(values)
+        cfg = from_dict(type(cfg), merged)
+    flag_overrides = {
+        "launch.max_steps": args.max_steps, "launch.num_workers": args.num_workers, "launch.use_gpu": args.use_gpu,
+        "tracking.tracking_uri": args.tracking_uri, "tracking.model_name": args.model_name,
+        "launch.run_name": args.run_name,
+    }
+    tokens = []
+    for key, value in flag_overrides.items():
+        if value is not None:
+            tokens += [f"--{key}", str(value)]
+    return apply_overrides(cfg, tokens + overrides)
+
+
+def main(presets: Mapping[str, Callable], default: str, description: str, argv: Sequence[str] | None = None) -> int:
+    from framework.launch.run import LaunchError, run_job
+    from framework.methods.base_model import BaseModelError
+    from framework.tracking.checkpoints import CheckpointError
+    from framework.tracking.store import TrackingError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags, overrides = split_overrides(argv)
+    parser = build_parser(description, presets, default)
+    args = parser.parse_args(flags)
+    try:
+        cfg = compose(args, overrides, presets)
+    except (ConfigError, OSError) as err:
+        parser.error(str(err))
+    if args.help_config:
+        print("\n".join(describe(cfg)))
+        return 0
+    try:
+        result = run_job(cfg, resume=args.resume)
+    except (ConfigError, TrackingError, CheckpointError, BaseModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"[longctx] finished {result.steps} steps; MLflow run {result.run_id} in {result.tracking_uri}")
+    if result.registered_uri:
+        print(f"[longctx] registered model: {result.registered_uri} (version {result.registered_version})")
+        print("[longctx] load it with:\n"
+              f"    MLFLOW_TRACKING_URI={result.tracking_uri} python -c \"import mlflow; "
+              f"m = mlflow.pyfunc.load_model('{result.registered_uri}'); print(m.predict(['Hello']))\"\n"
+              "[longctx] or serve it:\n"
+              f"    MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve -m {result.registered_uri} "
+              "--env-manager local -h 127.0.0.1 -p 5001")
+    return 0

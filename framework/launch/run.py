@@ -1,0 +1,216 @@
+"""The driver: check the job, open the MLflow run, start Ray Train, register the model.
+
+    result = run_job(cfg, resume="runs:/<id>")   # what recipes call
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from framework.config import ConfigError, to_dict
+from framework.launch.config import JobConfig
+from framework.tracking.store import (TrackingError, check_store, default_artifact_location, ensure_experiment,
+                                      resolve_tracking_uri)
+
+MAX_PARAM_CHARS = 6000
+
+
+class LaunchError(RuntimeError):
+    """The job could not start or finish; the message names the cause and the fix."""
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    tracking_uri: str
+    steps: int
+    registered_uri: str | None
+    registered_version: str | None
+    checkpoint_path: str | None
+
+
+def validate(cfg: JobConfig) -> None:
+    """Checks across sections, before any worker starts."""
+    if cfg.data.seq_len <= cfg.comet.chunk_size:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
+                          "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
+    if not cfg.launch.use_gpu and cfg.launch.precision == "16-mixed":
+        raise ConfigError("launch.precision=16-mixed needs a GPU. Fix: --launch.precision 32-true, or --use-gpu")
+
+
+def flat_params(cfg: JobConfig) -> dict:
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and prefix.count(".") < 1:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            text = json.dumps(value) if not isinstance(value, str) else value
+            out[prefix] = text[:MAX_PARAM_CHARS]
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def connect_ray() -> None:
+    """Attach to RAY_ADDRESS / the job's cluster / the newest local `ray start`; else start an embedded one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(log_to_driver=True)
+    except ConnectionError as err:
+        raise LaunchError(
+            f"could not reach the Ray cluster ({err}). Fix: check RAY_ADDRESS (now {os.environ.get('RAY_ADDRESS')!r}) "
+            "and that `ray status` works; for token auth set RAY_AUTH_MODE=token; unset RAY_ADDRESS to start a "
+            "local cluster") from None
+
+
+def _storage(cfg: JobConfig) -> tuple[str, object | None]:
+    """Ray's storage_path (absolute for local paths) and, for fsspec-only schemes, a pyarrow filesystem."""
+    path = cfg.launch.storage_path or str(Path.cwd() / "outputs" / "ray")
+    if "://" not in path:
+        return str(Path(path).expanduser().resolve()), None
+    scheme = path.split("://", 1)[0]
+    import pyarrow.fs
+
+    try:
+        pyarrow.fs.FileSystem.from_uri(path)
+        return path, None
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        handler = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+        if scheme == "memory":
+            raise ConfigError("launch.storage_path on memory:// is not shared between Ray workers. "
+                              "Fix: use a local path, s3://, gs:// or another shared store")
+        return root, handler
+
+
+def _open_run(cfg: JobConfig, client, uri: str, resume: str | None):
+    from framework.tracking.resume import plan_resume
+
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment, default_artifact_location(uri))
+    plan = plan_resume(resume, client, experiment_id, cfg.launch.run_name)
+    if plan.continues_run:
+        run_id = plan.run_id
+        client.update_run(run_id, status="RUNNING")
+        print(f"[longctx] resuming MLflow run {run_id} from {plan.checkpoint_artifact or plan.checkpoint_dir}")
+    else:
+        tags = {"longctx.resume": resume or "", "longctx.recipe": os.path.basename(sys.argv[0])}
+        run = client.create_run(experiment_id, run_name=cfg.launch.run_name, tags=tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in flat_params(cfg).items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        print(f"[longctx] MLflow run {run_id} ({cfg.launch.run_name}) in experiment {cfg.tracking.experiment!r}")
+    return run_id, plan
+
+
+def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
+    from mlflow import MlflowClient
+
+    validate(cfg)
+    uri = resolve_tracking_uri(cfg.tracking)
+    check_store(uri, cfg.tracking.connect_timeout_s)
+    print(f"[longctx] MLflow tracking store: {uri}")
+    client = MlflowClient(uri)
+    run_id, plan = _open_run(cfg, client, uri, resume)
+
+    from framework.launch.data import build_source, total_steps
+    from framework.methods.base_model import load_tokenizer
+
+    num_samples = cfg.data.num_samples
+    if num_samples is None and cfg.launch.max_steps is None:
+        num_samples = len(build_source(cfg.data, load_tokenizer(cfg.model)))
+    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * cfg.launch.num_workers, cfg.launch.max_steps)
+
+    storage_path, storage_fs = _storage(cfg)
+    spill_dir = str(Path.cwd() / "outputs" / "mlflow-backlog")
+    payload = {
+        "job": to_dict(cfg), "run_id": run_id, "tracking_uri": uri, "total_steps": steps, "spill_dir": spill_dir,
+        "resume": dataclasses.asdict(plan),
+    }
+    try:
+        result = _fit(cfg, payload, run_id, storage_path, storage_fs)
+    except BaseException:
+        _set_status(client, run_id, "FAILED")
+        raise
+    registered = None
+    if cfg.tracking.register and result.checkpoint is not None:
+        registered = _register(cfg, result.checkpoint, run_id, uri)
+    _set_status(client, run_id, "FINISHED")
+    return JobResult(run_id=run_id, tracking_uri=uri, steps=steps,
+                     registered_uri=registered.uri if registered else None,
+                     registered_version=registered.version if registered else None,
+                     checkpoint_path=result.checkpoint.path if result.checkpoint else None)
+
+
+def _fit(cfg: JobConfig, payload: dict, run_id: str, storage_path: str, storage_fs):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from framework.launch.train_loop import train_loop_per_worker
+
+    connect_ray()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=cfg.launch.num_workers, use_gpu=cfg.launch.use_gpu,
+                                     resources_per_worker={"CPU": cfg.launch.cpus_per_worker,
+                                                           **({"GPU": 1} if cfg.launch.use_gpu else {})}),
+        run_config=RunConfig(
+            name=f"{cfg.launch.run_name}-{run_id}",
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cfg.launch.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.launch.keep_checkpoints),
+        ),
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:
+        raise LaunchError(
+            f"training failed after {cfg.launch.max_failures} restart(s): {type(err).__name__}: {_short(err)}. "
+            f"Fix: read the worker error above; the newest checkpoint is kept, so rerun with --resume runs:/{run_id}"
+        ) from err
+
+
+def _register(cfg: JobConfig, checkpoint, run_id: str, uri: str):
+    import mlflow
+
+    from framework.launch.checkpointing import EXPORT_DIR
+    from framework.tracking.registry import log_and_register
+
+    name = cfg.tracking.model_name or cfg.launch.run_name
+    mlflow.set_tracking_uri(uri)
+    with checkpoint.as_directory() as local:
+        model_dir = os.path.join(local, EXPORT_DIR)
+        if not os.path.isdir(model_dir):
+            raise LaunchError(f"the final checkpoint {checkpoint.path} holds no exported model. "
+                              "Fix: this is a bug in longctx; the training state is intact, rerun with --resume")
+        return log_and_register(model_dir, registered_model_name=name, alias=cfg.tracking.alias, run_id=run_id)
+
+
+def _set_status(client, run_id: str, status: str) -> None:
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception as err:  # noqa: BLE001 - never hide the real outcome behind a tracking hiccup
+        print(f"[longctx] warning: could not mark MLflow run {run_id} {status}: {_short(err)}", file=sys.stderr)
+
+
+def _short(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:300]
+
+
+__all__ = ["JobResult", "LaunchError", "TrackingError", "run_job", "validate"]

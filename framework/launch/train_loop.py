@@ -1,0 +1,170 @@
+"""What every Ray Train worker runs: build the model and data, then a Lightning `Trainer.fit`.
+
+Resume order: Ray's own newest checkpoint (a restarted worker group, or a re-run of the same job),
+else the MLflow checkpoint the driver resolved from `--resume`, else a fresh start (optionally from
+registered weights).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from framework.config import from_dict
+from framework.launch.checkpointing import DataCursor, StepCheckpointReport
+from framework.launch.config import JobConfig
+from framework.launch.data import build_source, rank_loader
+from framework.tracking.checkpoints import STATE_FILE, download_run_checkpoint, read_manifest
+
+
+def find_comet_dir(root: str) -> str:
+    """The directory written by CoMeTForCausalLM.save_pretrained inside a downloaded model."""
+    from framework.models.comet.modeling import COMET_CONFIG
+
+    for dirpath, _, files in os.walk(root):
+        if COMET_CONFIG in files:
+            return dirpath
+    raise FileNotFoundError(f"no CoMeT model (comet_config.json) under {root}")
+
+
+def build_model(cfg: JobConfig, tokenizer, init_dir: str | None = None):
+    from framework.methods.base_model import build_base_model
+    from framework.models.comet import CoMeTForCausalLM
+
+    if init_dir is not None:
+        model = CoMeTForCausalLM.from_pretrained(init_dir)
+    else:
+        base = build_base_model(cfg.model, vocab_size=len(tokenizer), seed=cfg.launch.seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.launch.seed + 1)
+            model = CoMeTForCausalLM.from_base(base, cfg.comet)
+    if cfg.comet.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.train()
+
+
+def _resolve_checkpoint(payload: dict, scratch: str) -> str | None:
+    """A local checkpoint directory to resume from, or None."""
+    import ray.train
+
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        local = os.path.join(scratch, "ray-resume")
+        ray_ckpt.to_directory(local)
+        return local
+    resume = payload.get("resume") or {}
+    if resume.get("checkpoint_dir"):
+        return resume["checkpoint_dir"]
+    if resume.get("checkpoint_artifact"):
+        return download_run_checkpoint(payload["tracking_uri"], payload["run_id"], resume["checkpoint_artifact"],
+                                       os.path.join(scratch, "mlflow-resume"))
+    return None
+
+
+def _init_weights_dir(payload: dict, scratch: str) -> str | None:
+    uri = (payload.get("resume") or {}).get("init_weights_uri")
+    if not uri:
+        return None
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=os.path.join(scratch, "init"),
+                                                tracking_uri=payload["tracking_uri"])
+    return find_comet_dir(local)
+
+
+def _strategy(cfg: JobConfig):
+    from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy
+
+    if cfg.launch.strategy == "fsdp":
+        return RayFSDPStrategy(state_dict_type="full")
+    return RayDDPStrategy(find_unused_parameters=False)
+
+
+def _exporter(cfg: JobConfig, tokenizer):
+    """Writes the trained model as a from_pretrained directory (safetensors) on rank 0."""
+
+    def export(trainer, module, directory: str) -> None:
+        state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP
+        if trainer.global_rank != 0:
+            return
+        if cfg.launch.strategy == "fsdp":
+            model = build_model(cfg, tokenizer)
+            model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        else:
+            model = module.model
+        model.save_pretrained(directory, tokenizer=tokenizer)
+
+    return export
+
+
+def train_loop_per_worker(payload: dict) -> None:
+    import lightning.pytorch as pl
+    import ray.train
+    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
+
+    from framework.methods.base_model import load_tokenizer
+    from framework.methods.comet import CoMeTModule
+    from framework.tracking.logger import MLflowRunLogger
+
+    cfg = from_dict(JobConfig, payload["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    scratch = tempfile.mkdtemp(prefix=f"longctx-rank{rank}-")
+    pl.seed_everything(cfg.launch.seed + rank, workers=True, verbose=False)
+
+    ckpt_dir = _resolve_checkpoint(payload, scratch)
+    manifest = read_manifest(ckpt_dir) if ckpt_dir else None
+    init_dir = None if ckpt_dir else _init_weights_dir(payload, scratch)
+
+    tokenizer = load_tokenizer(cfg.model) if init_dir is None else _tokenizer_from(init_dir)
+    model = build_model(cfg, tokenizer, init_dir)
+    source = build_source(cfg.data, tokenizer)
+
+    global_batch = cfg.data.batch_size * world
+    if manifest:
+        cursor = DataCursor(manifest["step"], manifest["data"]["samples_consumed"], global_batch, cfg.data.seed)
+    else:
+        cursor = DataCursor(0, 0, global_batch, cfg.data.seed)
+    loader = rank_loader(source, cfg.data, rank, world, start_sample=cursor.at(cursor.base_step))
+
+    logger = None
+    if rank == 0:
+        logger = MLflowRunLogger(payload["tracking_uri"], payload["run_id"], payload["spill_dir"],
+                                 cfg.tracking.flush_timeout_s)
+    callback = StepCheckpointReport(
+        cfg.launch.checkpoint_every_n_steps, cursor, payload["run_id"],
+        mlflow_logger=logger if cfg.tracking.log_checkpoints else None,
+        export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch)
+    module = CoMeTModule(model, cfg.method, payload["total_steps"])
+    trainer = pl.Trainer(
+        max_steps=payload["total_steps"],
+        accelerator="auto",
+        devices="auto",
+        strategy=_strategy(cfg),
+        plugins=[RayLightningEnvironment()],
+        precision=cfg.precision(),
+        callbacks=[callback],
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=rank == 0,
+        default_root_dir=scratch,
+    )
+    trainer = prepare_trainer(trainer)
+    ckpt_path = os.path.join(ckpt_dir, STATE_FILE) if ckpt_dir else None
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+
+
+def _tokenizer_from(directory: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(directory)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,95 @@
+"""Where runs are tracked: the embedded SQLite store by default, or a server; checked before training."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the cause and the fix."""
+
+
+@dataclass
+class TrackingConfig:
+    """tracking_uri: an MLflow server (http://127.0.0.1:5000) or a database URI. Empty: the
+    MLFLOW_TRACKING_URI variable, else the embedded store `sqlite:///<cwd>/mlflow.db` with artifacts
+    in `<cwd>/mlartifacts`. model_name: the registered model. alias: moved to every new version."""
+
+    tracking_uri: str | None = None
+    experiment: str = "longctx"
+    model_name: str | None = None
+    alias: str = "champion"
+    register: bool = True
+    log_checkpoints: bool = True
+    flush_timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, cwd: str | None = None) -> str:
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + str(Path(cwd or os.getcwd()).resolve() / DEFAULT_DB)
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """For a local SQLite store keep artifacts beside the database; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+    return None
+
+
+def check_store(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, with a fix, when the store cannot be reached or cannot hold a model registry."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking URI {uri!r} is a file store: MLflow 3 rejects it and it has no model registry. "
+            "Fix: use the embedded default (unset MLFLOW_TRACKING_URI), a database URI such as "
+            "sqlite:///mlflow.db, or a server such as http://127.0.0.1:5000")
+    if scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):])
+        if not db.parent.is_dir() or not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"tracking URI {uri!r}: directory {db.parent} does not exist or is not writable. "
+                                "Fix: create it, or point --tracking-uri at a writable place")
+        return
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as err:
+            raise TrackingError(
+                f"the MLflow tracking server {uri} is unreachable ({type(err).__name__}: {_first_line(err)}). "
+                "Fix: start it (mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db), "
+                "check the address and MLFLOW_TRACKING_URI, or drop --tracking-uri to use the embedded store"
+            ) from None
+        if response.status_code in (401, 403):
+            raise TrackingError(f"the MLflow tracking server {uri} refused us (HTTP {response.status_code}). "
+                                "Fix: set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
+        if response.status_code >= 500:
+            raise TrackingError(f"the MLflow tracking server {uri} is unhealthy (HTTP {response.status_code}). "
+                                "Fix: check the server's logs")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text[:200]
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {name!r} is deleted. Fix: restore it "
+                                f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pass "
+                                "--tracking.experiment with another name")
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)

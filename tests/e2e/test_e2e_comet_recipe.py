@@ -1,0 +1,131 @@
+"""End to end: the comet_32k recipe on a real local Ray (2 workers) with a real MLflow store."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from recipe_runs import FAST, RECIPE, free_port, recipe_env, run_recipe
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _steps(client, run_id, key="train/loss"):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def _manifests(root: Path):
+    return sorted(json.loads(p.read_text())["step"] for p in root.rglob("manifest.json"))
+
+
+def test_recipe_trains_logs_checkpoints_and_registers_a_loadable_model(trained_run):
+    client = MlflowClient(trained_run.tracking_uri)
+    run = client.get_run(trained_run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["comet.chunk_size"] == "64" and run.data.params["launch.num_workers"] == "2"
+    assert _steps(client, run.info.run_id) == list(range(8))
+    for key in ("train/ppl", "train/tokens_per_s", "train/peak_mem_mb", "lr/base", "lr/memory"):
+        assert key in run.data.metrics, key
+    base_lr = client.get_metric_history(run.info.run_id, "lr/base")
+    mem_lr = client.get_metric_history(run.info.run_id, "lr/memory")
+    assert mem_lr[-1].value == pytest.approx(5 * base_lr[-1].value)
+    # every checkpoint is in the run, with the training state and a manifest
+    ckpts = sorted(a.path for a in client.list_artifacts(run.info.run_id, "checkpoints"))
+    assert ckpts == ["checkpoints/step_000000004", "checkpoints/step_000000008"]
+    files = {os.path.basename(a.path) for a in client.list_artifacts(run.info.run_id, ckpts[-1])}
+    assert files == {"checkpoint.ckpt", "manifest.json"}
+    local = client.download_artifacts(run.info.run_id, ckpts[-1], str(trained_run.cwd / "dl"))
+    manifest = json.loads(Path(local, "manifest.json").read_text())
+    assert manifest["step"] == 8 and manifest["data"]["samples_consumed"] == 8 * 2 * 2
+    import torch
+
+    state = torch.load(Path(local, "checkpoint.ckpt"), weights_only=True)
+    assert state["global_step"] == 8 and state["optimizer_states"] and state["lr_schedulers"] and "rng" in state
+    # the registered model: the alias points at the newest version and the pyfunc generates text
+    assert "registered model: models:/comet-32k-tiny@champion (version 1)" in trained_run.stdout
+    version = client.get_model_version_by_alias("comet-32k-tiny", "champion")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/comet-32k-tiny@champion'); "
+            "print(json.dumps(m.predict(['The passkey is 1', 'Hello'], params={'max_new_tokens': 4})))")
+    env = {**recipe_env(), "MLFLOW_TRACKING_URI": trained_run.tracking_uri}
+    out = subprocess.run([sys.executable, "-c", code], cwd=trained_run.cwd, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    predictions = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+
+
+def test_resume_from_run_uri_continues_the_same_run_and_step_count(trained_run, tmp_path):
+    first = trained_run
+    run = run_recipe(first.cwd, "--num-workers", "2", "--max-steps", "12", "--resume", f"runs:/{first.run_id}")
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert run.run_id == first.run_id
+    assert f"resuming MLflow run {first.run_id} from checkpoints/step_000000008" in run.stdout
+    client = MlflowClient(first.tracking_uri)
+    assert _steps(client, first.run_id) == list(range(12))
+    ckpts = sorted(a.path for a in client.list_artifacts(first.run_id, "checkpoints"))
+    assert ckpts[-1] == "checkpoints/step_000000012"
+    local = client.download_artifacts(first.run_id, ckpts[-1], str(tmp_path))
+    assert json.loads(Path(local, "manifest.json").read_text())["data"]["samples_consumed"] == 12 * 2 * 2
+    assert str(client.get_model_version_by_alias("comet-32k-tiny", "champion").version) == "2"
+
+
+def test_a_killed_worker_is_restarted_and_training_resumes_from_the_last_checkpoint(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *FAST, "--num-workers", "2", "--max-steps", "14",
+                             "--tracking.register", "false"],
+                            cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, killed = [], {}
+
+    def reader():
+        for line in proc.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not killed:
+        ray_dir = tmp_path / "outputs" / "ray"
+        if ray_dir.exists() and any(ray_dir.glob("*/step_000000004")):
+            pids = [int(p) for p in re.findall(r"RayTrainWorker pid=(\d+)", "".join(lines))]
+            if pids:
+                victim = pids[-1]
+                os.kill(victim, signal.SIGKILL)
+                killed["pid"] = victim
+        time.sleep(0.2)
+    proc.wait(timeout=600)
+    thread.join(timeout=10)
+    out = "".join(lines)
+    assert killed, out[-5000:]
+    assert proc.returncode == 0, out[-5000:]
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", out).group(1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = _steps(client, run_id)
+    assert steps[-1] == 13 and set(range(14)) <= set(steps)
+    # steps after the last checkpoint before the kill were run twice: the restart resumed, it did not start over
+    assert len(steps) > 14 and steps.count(0) == 1
+    ray_ckpts = _manifests(tmp_path / "outputs" / "ray")
+    assert ray_ckpts[-1] == 14
+
+
+def test_unreachable_tracking_server_fails_fast_with_a_fix(tmp_path):
+    port = free_port()
+    start = time.time()
+    run = run_recipe(tmp_path, "--tracking-uri", f"http://127.0.0.1:{port}", "--tracking.connect_timeout_s", "3")
+    assert run.returncode == 2
+    assert f"the MLflow tracking server http://127.0.0.1:{port} is unreachable" in run.stdout
+    assert "Fix:" in run.stdout and "Traceback" not in run.stdout
+    assert time.time() - start < 60
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_from_a_missing_run_is_a_clear_error(tmp_path):
+    run = run_recipe(tmp_path, "--resume", "runs:/0123456789abcdef0123456789abcdef")
+    assert run.returncode == 2
+    assert "no such MLflow run" in run.stdout and "Traceback" not in run.stdout

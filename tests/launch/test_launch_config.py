@@ -1,0 +1,74 @@
+"""Config composition: presets, dotted overrides, YAML, and the errors a user sees."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework.config import ConfigError, apply_overrides, from_dict
+from framework.launch.config import JobConfig
+from framework.launch.recipe_cli import split_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dotted_overrides_are_coerced_to_field_types():
+    cfg = apply_overrides(JobConfig(), ["--data.seq_len", "4_096", "--launch.use_gpu=true", "--method.lr", "1e-3",
+                                        "--data.options", '{"digits": 7}', "--launch.max_steps", "none"])
+    assert cfg.data.seq_len == 4096 and cfg.launch.use_gpu is True and cfg.method.lr == 1e-3
+    assert cfg.data.options == {"digits": 7} and cfg.launch.max_steps is None
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (["--data.seq_lenx", "5"], "unknown config field 'data.seq_lenx'"),
+    (["--data.seq_len", "many"], "data.seq_len='many': expected int"),
+    (["--launch.use_gpu", "maybe"], "expected bool"),
+    (["--launch.strategy", "zero3"], "is not one of ('ddp', 'fsdp')"),
+    (["--comet.temp_budget", "30"], "must be a multiple of temp_stride"),
+    (["--method.lr", "-1"], "method.lr=-1.0 is out of range"),
+    (["--data.seq_len"], "needs a value"),
+])
+def test_bad_overrides_name_the_field_and_the_fix(tokens, expected):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(JobConfig(), tokens)
+    assert expected in str(err.value)
+    assert "Fix" in str(err.value) or "fix" in str(err.value) or "must" in str(err.value)
+
+
+def test_from_dict_rejects_unknown_sections():
+    with pytest.raises(ConfigError, match="unknown field"):
+        from_dict(JobConfig, {"optimiser": {}})
+
+
+def test_split_overrides_keeps_flags_and_dotted_apart():
+    flags, overrides = split_overrides(["--preset", "tiny", "--data.seq_len", "512", "--use-gpu", "--a.b=c"])
+    assert flags == ["--preset", "tiny", "--use-gpu"]
+    assert overrides == ["--data.seq_len", "512", "--a.b=c"]
+
+
+def _recipe(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / "comet_32k.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_recipe_help_config_lists_every_section(tmp_path):
+    yaml_file = tmp_path / "job.yaml"
+    yaml_file.write_text("data:\n  seq_len: 1024\nmethod:\n  lr: 0.01\n")
+    out = _recipe("--preset", "tiny", "--config", str(yaml_file), "--num-workers", "3", "--help-config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for line in ("--data.seq_len 1024", "--method.lr 0.01", "--launch.num_workers 3", "--comet.chunk_size 64"):
+        assert line in out.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--max-steps", "0"], "launch.max_steps=0 must be a positive number"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--data.kind", "passkey", "--data.seq_len", "32"], "fits in one chunk"),
+])
+def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, args, expected):
+    out = _recipe("--preset", "tiny", *args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "outputs").exists()
