@@ -57,8 +57,9 @@ class StepCheckpointReport(pl.Callback):
         step = trainer.global_step
         rank0 = trainer.global_rank == 0
         directory = tempfile.mkdtemp(prefix=f"longctx-{step_dir_name(step)}-", dir=self.scratch_dir)
-        if step != self._last_saved:
-            trainer.save_checkpoint(os.path.join(directory, STATE_FILE), weights_only=False)
+        already_logged = step == self._last_saved
+        # the final checkpoint always holds the state too: it is what Ray hands back to a re-run of this job
+        trainer.save_checkpoint(os.path.join(directory, STATE_FILE), weights_only=False)
         if final and self.export_fn is not None:
             self.export_fn(trainer, pl_module, os.path.join(directory, EXPORT_DIR))
         if rank0:
@@ -73,7 +74,7 @@ class StepCheckpointReport(pl.Callback):
         name = step_dir_name(step) + ("_final" if final else "")
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         self._last_saved = step
-        keep_for_upload = rank0 and self.mlflow_logger is not None and os.path.exists(os.path.join(directory, STATE_FILE))
+        keep_for_upload = rank0 and self.mlflow_logger is not None and not already_logged
         if keep_for_upload:
             self.mlflow_logger.log_checkpoint_dir(directory, f"{ARTIFACT_DIR}/{step_dir_name(step)}",
                                                   exclude=(EXPORT_DIR,))

@@ -91,8 +91,9 @@ def test_a_killed_worker_is_restarted_and_training_resumes_from_the_last_checkpo
     thread.start()
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not killed:
-        ray_dir = tmp_path / "outputs" / "ray"
-        if ray_dir.exists() and any(ray_dir.glob("*/step_000000004")):
+        # the controller writes this snapshot once it has registered the step-4 checkpoint; a restart resumes from it
+        snapshots = list((tmp_path / "outputs" / "ray").glob("*/checkpoint_manager_snapshot.json"))
+        if snapshots and "step_000000004" in snapshots[0].read_text():
             pids = [int(p) for p in re.findall(r"RayTrainWorker pid=(\d+)", "".join(lines))]
             if pids:
                 victim = pids[-1]

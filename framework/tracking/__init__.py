@@ -1,0 +1,1 @@
+"""MLflow: tracking store, checkpoints, registry, resume."""

@@ -1,0 +1,210 @@
+"""Log a trained CoMeT model as an MLflow model, register it, and move an alias to it.
+
+    from framework.tracking.registry import log_and_register
+    model.save_pretrained("out/final", tokenizer=tokenizer)      # safetensors + tokenizer files
+    registered = log_and_register("out/final", registered_model_name="comet-tiny", run_id=run_id)
+    registered.uri        # "models:/comet-tiny@champion"
+    mlflow.pyfunc.load_model(registered.uri).predict(["The passkey is"])
+
+The model is a *models-from-code* pyfunc (``framework/tracking/pyfunc_model.py``): MLflow keeps
+that source file, the ``framework`` package (as ``code_paths``, so the model loads where
+longctx is not installed) and the ``save_pretrained`` directory. Nothing is pickled, so loading
+works with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` unset.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
+MODEL_ARTIFACT = "model"  # must match pyfunc_model.MODEL_ARTIFACT
+MAX_NEW_TOKENS_KEY = "default_max_new_tokens"  # must match pyfunc_model.MAX_NEW_TOKENS_KEY
+MODEL_TYPE = "comet-causal-lm"
+INPUT_EXAMPLE = ["Once upon a time"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+REQUIRED_FILES = ("config.json", "comet_config.json", "comet.safetensors")
+BACKBONE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+PINNED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
+_DB_FREE_SCHEMES = {"", "file"}
+
+
+class RegistryError(RuntimeError):
+    """The model cannot be logged or registered; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered model version and the alias that now points to it."""
+
+    name: str
+    version: str
+    alias: str
+    model_uri: str  # the logged model's own URI: models:/<model_id>
+
+    @property
+    def uri(self) -> str:
+        """Load with ``mlflow.pyfunc.load_model(registered.uri)``."""
+        return f"models:/{self.name}@{self.alias}"
+
+
+def check_model_dir(model_dir) -> Path:
+    """Raise RegistryError unless `model_dir` is a complete, pickle-free CoMeT save_pretrained directory."""
+    directory = Path(model_dir)
+    save_hint = "Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)"
+    if not directory.is_dir():
+        raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. {save_hint}")
+    names = {p.name for p in directory.iterdir()}
+    missing = [name for name in REQUIRED_FILES if name not in names]
+    if not any(name in names for name in BACKBONE_WEIGHTS):
+        missing.append(" or ".join(BACKBONE_WEIGHTS))
+    if not any(name in names for name in TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES) + " (the tokenizer; pass tokenizer= to save_pretrained)")
+    if missing:
+        raise RegistryError(f"model directory {str(directory)!r} is not a complete CoMeT checkpoint: "
+                            f"missing {', '.join(missing)}. {save_hint}")
+    pickled = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                     if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise RegistryError(
+            f"model directory {str(directory)!r} holds pickle-format files {pickled[:5]}; the registered model "
+            "must load without unpickling anything. Fix: remove them and keep only the safetensors weights "
+            "that save_pretrained writes (save_pretrained(..., safe_serialization=True), the default)"
+        )
+    return directory
+
+
+def check_registry_store(registry_uri: str | None = None) -> str:
+    """Raise RegistryError unless the registry URI is a database-backed store or a server."""
+    import mlflow
+
+    uri = registry_uri or mlflow.get_registry_uri()
+    scheme = urlparse(uri).scheme.lower()
+    if scheme in _DB_FREE_SCHEMES or len(scheme) == 1:  # a bare path or a Windows drive letter
+        raise RegistryError(
+            f"the MLflow model registry needs a database-backed store, but the registry URI is {uri!r}, "
+            "a file store. Fix: set MLFLOW_TRACKING_URI (or --tracking-uri) to sqlite:///<dir>/mlflow.db or to "
+            "an http(s):// tracking server, or call mlflow.set_registry_uri() with one of those"
+        )
+    return uri
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` for the packages the pyfunc imports, as installed here.
+
+    A local version label (``2.13.0+cpu``) is dropped: ``torch==2.13.0`` still matches the CPU
+    build, and lets a GPU server install its own build of the same release.
+    """
+    requirements = []
+    for dist in PINNED_DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            if dist != "mlflow":
+                raise
+            import mlflow  # mlflow-skinny installs the module under another distribution name
+
+            version = mlflow.__version__
+        requirements.append(f"{dist}=={version.split('+', 1)[0]}")
+    return requirements
+
+
+def model_signature(max_new_tokens: int):
+    """String prompts in, generated strings out, and the generation params with their defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = ParamSchema([
+        ParamSpec("max_new_tokens", "long", max_new_tokens),
+        ParamSpec("do_sample", "boolean", False),
+        ParamSpec("temperature", "double", 1.0),
+        ParamSpec("top_k", "long", 0),
+        ParamSpec("top_p", "double", 1.0),
+        ParamSpec("seed", "long", None),
+    ])
+    # Unnamed: a named "prompt" column would make MLflow reject a plain list of strings.
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
+
+
+def _framework_dir() -> str:
+    import framework
+
+    return str(Path(framework.__file__).resolve().parent)
+
+
+def _mlflow_call(what: str, fn, *args, **kwargs):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        raise RegistryError(f"{what} failed: {exc.message}") from exc
+
+
+def log_and_register(model_dir, *, registered_model_name: str, alias: str = "champion", run_id: str | None = None,
+                     max_new_tokens: int = 32, name: str = "model") -> RegisteredModel:
+    """Log `model_dir` as a pyfunc, register a new version of `registered_model_name`, move `alias` to it.
+
+    model_dir: a ``CoMeTForCausalLM.save_pretrained(dir, tokenizer=...)`` directory (safetensors only).
+    run_id: the run the model belongs to; default: the active run. Without either, the model is
+        logged in the current experiment without a source run.
+    max_new_tokens: the default generation length of ``predict``.
+    name: the logged model's name.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    if not registered_model_name or not str(registered_model_name).strip():
+        raise RegistryError("registered_model_name is empty. Fix: pass a name such as 'comet-qwen3-0.6b'")
+    # MLflow's own alias rules, checked before anything is logged.
+    if not alias or not re.fullmatch(r"[\w\-]+", alias) or re.fullmatch(r"(?i)latest|v\d+", alias):
+        raise RegistryError(f"alias {alias!r} cannot be used: an alias holds only letters, digits, '_' and '-', "
+                            "and 'latest' and 'v<number>' are reserved. Fix: use a name such as 'champion'")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise RegistryError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
+    directory = check_model_dir(model_dir)
+    check_registry_store()
+
+    client = mlflow.MlflowClient()
+    active = mlflow.active_run()
+    run_id = run_id or (active.info.run_id if active else None)
+    experiment_id, run_params = None, {}
+    if run_id is not None:
+        run = _mlflow_call(f"looking up run {run_id!r}", client.get_run, run_id)
+        experiment_id, run_params = run.info.experiment_id, dict(run.data.params)
+
+    # Creating the LoggedModel here, in the run's own experiment, lets Model.log attach it to any
+    # run (pyfunc.log_model only knows the active run, and would put the model in the current
+    # experiment rather than the run's).
+    logged = _mlflow_call("creating the logged model", mlflow.initialize_logged_model, name=name,
+                          source_run_id=run_id, params=run_params or None, model_type=MODEL_TYPE,
+                          experiment_id=experiment_id)
+    # MLflow loads the model once while logging it, to check the input example; that load puts
+    # the temporary copy of the bundled code on sys.path for good, so sys.path is restored after.
+    saved_sys_path = list(sys.path)
+    try:
+        info = _mlflow_call(
+            "logging the model", Model.log,
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+            python_model=str(PYFUNC_MODEL_FILE),
+            artifacts={MODEL_ARTIFACT: os.fspath(directory.resolve())},
+            code_paths=[_framework_dir()],
+            model_config={MAX_NEW_TOKENS_KEY: max_new_tokens},
+            signature=model_signature(max_new_tokens),
+            input_example=(INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)}),
+            pip_requirements=pinned_requirements(),
+        )
+    finally:
+        sys.path[:] = saved_sys_path
+    version = _mlflow_call(f"registering {info.model_uri} as {registered_model_name!r}",
+                           mlflow.register_model, info.model_uri, registered_model_name)
+    _mlflow_call(f"moving alias {alias!r} of {registered_model_name!r} to version {version.version}",
+                 client.set_registered_model_alias, registered_model_name, alias, version.version)
+    return RegisteredModel(name=registered_model_name, version=str(version.version), alias=alias,
+                           model_uri=info.model_uri)
