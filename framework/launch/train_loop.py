@@ -116,10 +116,12 @@ def train_loop_per_worker(payload: dict) -> None:
 
     ckpt_dir = _resolve_checkpoint(payload, scratch)
     manifest = read_manifest(ckpt_dir) if ckpt_dir else None
-    if rank == 0:
-        where = f"step {manifest['step']} ({ckpt_dir})" if manifest else "scratch"
-        print(f"[longctx] worker group of {world} starting from {where}", flush=True)
     init_dir = None if ckpt_dir else _init_weights_dir(payload, scratch)
+    if rank == 0:
+        init_uri = (payload.get("resume") or {}).get("init_weights_uri")
+        where = (f"step {manifest['step']} ({ckpt_dir})" if manifest
+                 else f"the weights of {init_uri}" if init_dir else "scratch")
+        print(f"[longctx] worker group of {world} starting from {where}", flush=True)
 
     tokenizer = load_tokenizer(cfg.model) if init_dir is None else _tokenizer_from(init_dir)
     model = build_model(cfg, tokenizer, init_dir)

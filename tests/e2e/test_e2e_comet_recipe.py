@@ -130,3 +130,15 @@ def test_resume_from_a_missing_run_is_a_clear_error(tmp_path):
     run = run_recipe(tmp_path, "--resume", "runs:/0123456789abcdef0123456789abcdef")
     assert run.returncode == 2
     assert "no such MLflow run" in run.stdout and "Traceback" not in run.stdout
+
+
+def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(trained_run):
+    run = run_recipe(trained_run.cwd, "--max-steps", "2", "--resume", "models:/comet-32k-tiny@champion",
+                     "--tracking.register", "false")
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert run.run_id != trained_run.run_id
+    assert "starting from the weights of models:/comet-32k-tiny@champion" in run.stdout
+    client = MlflowClient(trained_run.tracking_uri)
+    fresh_first = client.get_metric_history(trained_run.run_id, "train/loss")[0].value
+    warm_first = client.get_metric_history(run.run_id, "train/loss")[0].value
+    assert warm_first < fresh_first - 0.5, (warm_first, fresh_first)

@@ -1,0 +1,66 @@
+"""`ray job submit` of the recipe against a local head started with `ray start`, token auth on."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from recipe_runs import ROOT, free_port, recipe_env
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _ray_pids(temp_dir: str) -> list[int]:
+    """Processes of the head we started, found by its own temp dir (never other Ray clusters)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dashboard = free_port(), free_port()
+    env = recipe_env()
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["RAY_AUTH_MODE"] = "token"
+    start = subprocess.run(
+        ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        for pid in _ray_pids(temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+def test_ray_job_submit_runs_the_tiny_recipe_to_a_registered_model(ray_head):
+    address, env = ray_head
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--",
+           "python", "recipes/comet_32k.py", "--preset", "tiny", "--num-workers", "2"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=800)
+    assert out.returncode == 0, out.stdout[-6000:]
+    assert "succeeded" in out.stdout
+    assert "worker group of 2 starting from scratch" in out.stdout
+    assert "registered model: models:/comet-32k-tiny@champion" in out.stdout
+    # the job attached to the head: it did not start a Ray instance of its own
+    assert "Started a local Ray instance" not in out.stdout
