@@ -34,6 +34,18 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def global_token_mean(loss_sum: torch.Tensor, num_tokens: torch.Tensor, world_size: int, batch_tokens: int):
+    """The loss to backpropagate on this rank so that data-parallel gradient averaging yields the
+    gradient of sum(loss over every labelled token of every rank) / (labelled tokens of every rank).
+
+    Returns (loss_for_backward, global mean loss, global labelled tokens, global input tokens)."""
+    stats = torch.stack([num_tokens.float().detach(), loss_sum.detach().float(),
+                         torch.tensor(float(batch_tokens), device=loss_sum.device)])
+    stats = _all_reduce_sum(stats)
+    global_tokens = stats[0].clamp(min=1.0)
+    return loss_sum * world_size / global_tokens, stats[1] / global_tokens, stats[0], stats[2]
+
+
 class CoMeTModule(pl.LightningModule):
     """Trains a CoMeT model. The loss is the mean over every labelled token of the global batch
     (all ranks), not a mean of per-rank means, so ranks with more answer tokens weigh more."""
@@ -65,15 +77,9 @@ class CoMeTModule(pl.LightningModule):
             attention_mask=batch.get("attention_mask"),
             document_ids=batch.get("document_ids"),
         )
-        world = self.trainer.world_size
-        stats = torch.stack([out.num_tokens.float(), out.loss_sum.detach().float(),
-                             torch.tensor(float(batch["input_ids"].numel()), device=out.loss_sum.device)])
-        stats = _all_reduce_sum(stats)
-        global_tokens = stats[0].clamp(min=1.0)
-        # DDP/FSDP average gradients over ranks, so scale by the world size to get a global token mean.
-        loss = out.loss_sum * world / global_tokens
-        mean_loss = (stats[1] / global_tokens).item()
-        self._last = {"loss": mean_loss, "tokens_in_batch": stats[2].item(), "labelled_tokens": stats[0].item()}
+        loss, mean, labelled, tokens = global_token_mean(out.loss_sum, out.num_tokens, self.trainer.world_size,
+                                                         batch["input_ids"].numel())
+        self._last = {"loss": mean.item(), "tokens_in_batch": tokens.item(), "labelled_tokens": labelled.item()}
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
