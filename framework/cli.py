@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("version", help="print the longctx version").set_defaults(func=_cmd_version)
     sub.add_parser("info", help="print versions of the main dependencies").set_defaults(func=_cmd_info)
+    from data_pipelines.cli import add_data_subcommand
+
+    add_data_subcommand(sub)
     return parser
 
 

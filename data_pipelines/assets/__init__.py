@@ -1,0 +1,1 @@
+"""Assets shipped with data_pipelines (text corpora) and the scripts that rebuild them."""

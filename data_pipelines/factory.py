@@ -1,0 +1,155 @@
+"""``build_source(spec, tokenizer)``: a map-style source from a plain mapping (YAML/CLI friendly).
+
+Kinds and their keys (defaults in brackets):
+
+- ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None]
+- ``needle``: seq_len, num_samples [10000], seed [0], num_needles [4], num_queries [1], digits [7], filler [None]
+- ``store_windows``: path, seq_len, packing ["concat"], num_samples [None: all windows], seed [0], storage_options [None]
+- ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
+  storage_options [None]
+
+For ``store_windows`` and ``chat``, ``num_samples`` keeps a seeded random subset of that
+many windows (it must not exceed the number of windows); ``seed`` picks that subset.
+
+Every kind also takes ``chunking``: None, or ``{"strategy": "fixed"|"right_aligned"|"random"|
+"uniform"|"semantic"|"paper", "chunk_size": int, "seed": int [0], "min_chunk": int [4]}``,
+which adds ``chunk_ids`` to every sample.
+
+Invalid specs raise :class:`DataConfigError` naming the key, the rule and the fix, before
+any data is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+from data_pipelines.errors import DataConfigError
+
+_REQUIRED = object()
+KINDS: dict[str, dict[str, Any]] = {
+    "passkey": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "digits": 5, "depth": None, "filler": None},
+    "needle": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "num_needles": 4, "num_queries": 1, "digits": 7,
+               "filler": None},
+    "store_windows": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "concat", "num_samples": None, "seed": 0,
+                      "storage_options": None},
+    "chat": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "aligned", "field": "messages", "on_bad_record": "fail",
+             "num_samples": None, "seed": 0, "storage_options": None},
+}
+CHUNKING_KEYS = {"strategy": _REQUIRED, "chunk_size": _REQUIRED, "seed": 0, "min_chunk": 4}
+_INT_KEYS = {"seq_len", "num_samples", "seed", "digits", "num_needles", "num_queries", "chunk_size", "min_chunk"}
+
+
+def _unknown(key: str, allowed, where: str) -> DataConfigError:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return DataConfigError(f"{where}: unknown key {key!r}.{hint} Allowed keys: {', '.join(sorted(allowed))}.")
+
+
+def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a spec and fill in defaults; returns the complete spec."""
+    if not isinstance(spec, Mapping):
+        raise DataConfigError(f"a data spec must be a mapping with a 'kind' key, got {type(spec).__name__}. "
+                              "Example: {'kind': 'passkey', 'seq_len': 4096}.")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise DataConfigError(f"data spec kind={kind!r} is unknown: use one of {', '.join(KINDS)}. "
+                              "Example: {'kind': 'passkey', 'seq_len': 4096}.")
+    schema = KINDS[kind]
+    allowed = set(schema) | {"kind", "chunking"}
+    out: dict[str, Any] = {"kind": kind}
+    for key in spec:
+        if key not in allowed:
+            raise _unknown(key, allowed, f"data spec kind={kind!r}")
+    for key, default in schema.items():
+        if key in spec:
+            out[key] = spec[key]
+        elif default is _REQUIRED:
+            raise DataConfigError(f"data spec kind={kind!r} needs {key!r}: add it, e.g. "
+                                  f"{{'kind': {kind!r}, {key!r}: {_example(key)!r}}}.")
+        else:
+            out[key] = default
+    for key, value in out.items():
+        if key in _INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)) and not (key == "num_samples" and value is None):
+            raise DataConfigError(f"data spec {key}={value!r} must be an int (got {type(value).__name__}), e.g. {_example(key)}.")
+    if "seq_len" in out and out["seq_len"] < 2:
+        raise DataConfigError(f"data spec seq_len={out['seq_len']} must be >= 2 tokens, e.g. 4096.")
+    if "path" in out and (not isinstance(out["path"], (str, list, tuple)) or not out["path"]):
+        raise DataConfigError(f"data spec path={out['path']!r} must be a non-empty URI (or a list of URIs).")
+    chunking = spec.get("chunking")
+    if chunking is not None:
+        if not isinstance(chunking, Mapping):
+            raise DataConfigError(f"data spec chunking={chunking!r} must be None or a mapping like "
+                                  "{'strategy': 'paper', 'chunk_size': 2048}.")
+        filled = {}
+        for key in chunking:
+            if key not in CHUNKING_KEYS:
+                raise _unknown(key, CHUNKING_KEYS, "data spec chunking")
+        for key, default in CHUNKING_KEYS.items():
+            if key not in chunking and default is _REQUIRED:
+                raise DataConfigError(f"data spec chunking needs {key!r}, e.g. {{'strategy': 'paper', 'chunk_size': 2048}}.")
+            filled[key] = chunking.get(key, default)
+            if key in _INT_KEYS and (isinstance(filled[key], bool) or not isinstance(filled[key], int)):
+                raise DataConfigError(f"data spec chunking.{key}={filled[key]!r} must be an int, e.g. {_example(key)}.")
+        from data_pipelines.chunking import STRATEGIES
+
+        if filled["strategy"] not in STRATEGIES:
+            raise DataConfigError(f"data spec chunking.strategy={filled['strategy']!r} is unknown: use one of "
+                                  f"{', '.join(STRATEGIES)} ('paper' mixes them as in the CoMeT paper).")
+        if filled["chunk_size"] < 1 or filled["min_chunk"] < 1:
+            raise DataConfigError(f"data spec chunking.chunk_size={filled['chunk_size']} and min_chunk={filled['min_chunk']} "
+                                  "must be >= 1, e.g. chunk_size=2048.")
+        out["chunking"] = filled
+    else:
+        out["chunking"] = None
+    return out
+
+
+def _example(key: str):
+    return {"seq_len": 4096, "num_samples": 10_000, "path": "/data/tokens", "chunk_size": 2048, "seed": 0,
+            "digits": 5, "num_needles": 4, "num_queries": 1, "min_chunk": 4}.get(key, "...")
+
+
+def build_source(spec: Mapping[str, Any], tokenizer):
+    """Build the map-style source described by ``spec`` (see the module docstring)."""
+    spec = validate_spec(spec)
+    kind = spec["kind"]
+    if kind == "passkey":
+        from data_pipelines.synthetic import PasskeyTask
+
+        source = PasskeyTask(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
+                             digits=spec["digits"], depth=spec["depth"], filler=spec["filler"])
+    elif kind == "needle":
+        from data_pipelines.synthetic import NeedleTask
+
+        source = NeedleTask(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
+                            num_needles=spec["num_needles"], num_queries=spec["num_queries"], digits=spec["digits"],
+                            filler=spec["filler"])
+    elif kind == "store_windows":
+        from data_pipelines.corpus import tokenizer_fingerprint
+        from data_pipelines.store import TokenStore
+        from data_pipelines.windows import StoreWindows
+
+        store = TokenStore(spec["path"], spec["storage_options"])
+        recorded = store.manifest.get("tokenizer", {})
+        if tokenizer is not None and recorded.get("fingerprint") != tokenizer_fingerprint(tokenizer):
+            raise DataConfigError(
+                f"the store {spec['path']!r} was tokenized with {recorded.get('name_or_path')!r} "
+                f"(fingerprint {str(recorded.get('fingerprint'))[:12]}), not with the tokenizer given here "
+                f"({getattr(tokenizer, 'name_or_path', '?')!r}): token ids would not match the model. "
+                "Use the same tokenizer, or prepare the store again with --tokenizer."
+            )
+        source = StoreWindows(store, spec["seq_len"], spec["packing"], num_samples=spec["num_samples"], seed=spec["seed"])
+    else:
+        from data_pipelines.chat import ChatSource
+
+        source = ChatSource(spec["path"], tokenizer, spec["seq_len"], packing=spec["packing"], field=spec["field"],
+                            on_bad_record=spec["on_bad_record"], storage_options=spec["storage_options"],
+                            num_samples=spec["num_samples"], seed=spec["seed"])
+    if spec["chunking"] is not None:
+        from data_pipelines.chunking import ChunkedSource
+
+        c = spec["chunking"]
+        source = ChunkedSource(source, chunk_size=c["chunk_size"], strategy=c["strategy"], seed=c["seed"],
+                               tokenizer=tokenizer, min_chunk=c["min_chunk"])
+    return source
