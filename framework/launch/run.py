@@ -39,6 +39,15 @@ def validate(cfg: JobConfig) -> None:
     if cfg.data.seq_len <= cfg.comet.chunk_size:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
                           "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
+    import data_pipelines
+    from data_pipelines.factory import validate_spec
+
+    from framework.launch.data import source_spec
+
+    try:
+        validate_spec(source_spec(cfg.data))
+    except data_pipelines.DataConfigError as err:
+        raise ConfigError(f"data: {err} (set it with --data.options '{{\"path\": ...}}' or --data.kind)") from err
     if not cfg.launch.use_gpu and cfg.launch.precision == "16-mixed":
         raise ConfigError("launch.precision=16-mixed needs a GPU. Fix: --launch.precision 32-true, or --use-gpu")
 

@@ -65,6 +65,8 @@ def test_recipe_help_config_lists_every_section(tmp_path):
     (["--max-steps", "0"], "launch.max_steps=0 must be a positive number"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--data.kind", "passkey", "--data.seq_len", "32"], "fits in one chunk"),
+    (["--preset", "paper"], "data spec kind='chat' needs 'path'"),
+    (["--data.options", '{"digitz": 5}'], "unknown key 'digitz'. Did you mean 'digits'?"),
 ])
 def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, args, expected):
     out = _recipe("--preset", "tiny", *args, cwd=tmp_path)
