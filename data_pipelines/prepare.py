@@ -38,7 +38,8 @@ import numpy as np
 
 from data_pipelines.errors import BadRecordError, DataConfigError, require
 from data_pipelines.sources import Bad, Piece, SourceFile, content_hash, expand_sources, read_source
-from data_pipelines.store import INDEX, MANIFEST, PROGRESS, STORE_FORMAT, STORE_VERSION, StoreWriter, token_dtype, write_json_atomic
+from data_pipelines.store import (INDEX, MANIFEST, PROGRESS, STORE_FORMAT, STORE_VERSION, StoreWriter, file_sha256,
+                                  token_dtype, write_json_atomic)
 from data_pipelines.tokenize import describe_tokenizer, encode_chats, encode_texts, require_fast
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def prepare(sources: Sequence[str] | str, out: str, tokenizer=None, *, field: st
         "num_tokens": writer.num_tokens,
         "num_documents": writer.num_documents,
         "index": INDEX,
-        "index_sha256": _sha256_file(root / INDEX),
+        "index_sha256": file_sha256(root / INDEX),
         "shards": shards,
         "sources": finished,
         "records": sum(e["records"] for e in finished),
@@ -353,14 +354,6 @@ def _wipe(root: Path) -> None:
 def _default_staging(inputs_key: str) -> str:
     base = os.environ.get("LONGCTX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "longctx"))
     return os.path.join(base, "prepare", inputs_key[:24])
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _upload(root: Path, fs, out_root: str) -> None:

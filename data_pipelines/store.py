@@ -149,12 +149,12 @@ class StoreWriter:
             entry = {"num_tokens": min(self.shard_tokens, self.num_tokens - i * self.shard_tokens)}
             for kind in ("tokens", "mask") if self.with_mask else ("tokens",):
                 entry[kind] = shard_name(kind, i)
-                entry[f"{kind}_sha256"] = _file_sha256(self.root / shard_name(kind, i))
+                entry[f"{kind}_sha256"] = file_sha256(self.root / shard_name(kind, i))
             shards.append(entry)
         return shards
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
