@@ -69,8 +69,9 @@ def _init_weights_dir(payload: dict, scratch: str) -> str | None:
         return None
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=os.path.join(scratch, "init"),
-                                                tracking_uri=payload["tracking_uri"])
+    mlflow.set_tracking_uri(payload["tracking_uri"])
+    mlflow.set_registry_uri(payload["tracking_uri"])
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=os.path.join(scratch, "init"))
     return find_comet_dir(local)
 
 
@@ -79,6 +80,10 @@ def _strategy(cfg: JobConfig):
 
     if cfg.launch.strategy == "fsdp":
         return RayFSDPStrategy(state_dict_type="full")
+    if cfg.launch.strategy == "pipeline":
+        from framework.strategies.ray_pipeline import RayLayerPipelineStrategy
+
+        return RayLayerPipelineStrategy(seq_len=cfg.data.seq_len, chunk_size=cfg.comet.chunk_size)
     return RayDDPStrategy(find_unused_parameters=False)
 
 

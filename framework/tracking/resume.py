@@ -43,7 +43,7 @@ def plan_resume(resume: str | None, client, experiment_id: str | None, run_name:
                                   "Fix: resume a run that reached launch.checkpoint_every_n_steps, or start fresh")
         return ResumePlan(run_id=run_id, checkpoint_artifact=artifact)
     if resume.startswith("models:/"):
-        return ResumePlan(init_weights_uri=resume)
+        return ResumePlan(init_weights_uri=_pin_model_version(resume, client))
     if resume == "auto":
         if experiment_id is None:
             return ResumePlan()
@@ -59,6 +59,31 @@ def plan_resume(resume: str | None, client, experiment_id: str | None, run_name:
         return ResumePlan(run_id=manifest.get("mlflow_run_id"), checkpoint_dir=os.path.abspath(resume))
     raise CheckpointError(f"--resume {resume!r}: not runs:/<run_id>, models:/<name>@<alias>, auto, or an existing "
                           "checkpoint directory. Fix: pass one of those")
+
+
+def _pin_model_version(uri: str, client) -> str:
+    """models:/<name>@<alias> or models:/<name>/<version> -> models:/<name>/<version>, checked to exist."""
+    ref = uri[len("models:/"):].strip("/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        elif "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            if version == "latest":
+                version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            else:
+                client.get_model_version(name, version)
+        else:
+            raise ValueError("no alias or version")
+    except ValueError:
+        raise CheckpointError(f"--resume {uri}: expected models:/<name>@<alias> or models:/<name>/<version>. "
+                              "Fix: e.g. --resume models:/comet-32k@champion") from None
+    except Exception as err:  # noqa: BLE001 - MlflowException or a connection error
+        raise CheckpointError(f"--resume {uri}: no such registered model version in this store ({_short(err)}). "
+                              "Fix: check the name and alias in the MLflow UI (Models), and that --tracking-uri "
+                              "points at the store it was registered in") from None
+    return f"models:/{name}/{version}"
 
 
 def _short(err: BaseException) -> str:

@@ -137,7 +137,8 @@ def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(traine
                      "--tracking.register", "false")
     assert run.returncode == 0, run.stdout[-5000:]
     assert run.run_id != trained_run.run_id
-    assert "starting from the weights of models:/comet-32k-tiny@champion" in run.stdout
+    version = MlflowClient(trained_run.tracking_uri).get_model_version_by_alias("comet-32k-tiny", "champion")
+    assert f"starting from the weights of models:/comet-32k-tiny/{version.version}" in run.stdout
     client = MlflowClient(trained_run.tracking_uri)
     fresh_first = client.get_metric_history(trained_run.run_id, "train/loss")[0].value
     warm_first = client.get_metric_history(run.run_id, "train/loss")[0].value

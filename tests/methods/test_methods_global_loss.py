@@ -1,7 +1,8 @@
 """Two real gloo processes with DDP: the gradient is that of the token mean over both ranks' tokens."""
 
+import datetime
+import faulthandler
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -30,9 +31,12 @@ def _loss_sum(model, ids, labels):
     return loss_sum, (labels != -100).sum()
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank, out_dir):
+    faulthandler.dump_traceback_later(300, exit=True)  # a stuck rendezvous fails the test instead of hanging it
+    if os.path.isdir("/sys/class/net/lo"):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    store = dist.FileStore(os.path.join(out_dir, "store"), 2)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
     model = torch.nn.parallel.DistributedDataParallel(_model())
     ids, labels = _batches()
     loss_sum, n = _loss_sum(model, ids[rank:rank + 1], labels[rank:rank + 1])
@@ -44,10 +48,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_ddp_gradient_equals_the_global_token_mean_gradient(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
 
     model = _model()
     ids, labels = _batches()

@@ -49,9 +49,20 @@ def test_auto_finds_the_newest_run_of_the_same_name_with_a_checkpoint(client, tm
     assert plan_resume("auto", client, exp, "never-ran") == plan_resume(None, client, exp, "never-ran")
 
 
-def test_models_uri_starts_a_new_run_from_weights(client):
+def test_models_uri_starts_a_new_run_from_the_pinned_version(client, tmp_path):
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.create_registered_model("comet")
+    for _ in range(2):
+        client.create_model_version("comet", (tmp_path / "art").as_uri(), run_id=run_id)
+    client.set_registered_model_alias("comet", "champion", "1")
     plan = plan_resume("models:/comet@champion", client, None, "job")
-    assert not plan.continues_run and plan.init_weights_uri == "models:/comet@champion"
+    assert not plan.continues_run and plan.init_weights_uri == "models:/comet/1"
+    assert plan_resume("models:/comet/latest", client, None, "job").init_weights_uri == "models:/comet/2"
+    with pytest.raises(CheckpointError, match="no such registered model version"):
+        plan_resume("models:/comet@missing", client, None, "job")
+    with pytest.raises(CheckpointError, match="no such registered model version"):
+        plan_resume("models:/other/1", client, None, "job")
 
 
 @pytest.mark.parametrize("uri, message", [
