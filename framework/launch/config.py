@@ -11,6 +11,7 @@ from framework.models.comet import CoMeTConfig
 from framework.tracking.store import TrackingConfig
 
 STRATEGIES = ("ddp", "fsdp")
+PIPELINE_STRATEGY = "pipeline"  # CoMeT's layer pipeline over chunks (framework/strategies/layer_pipeline.py)
 
 
 @dataclass
@@ -38,7 +39,8 @@ class DataConfig:
 
 @dataclass
 class LaunchConfig:
-    """num_workers: Ray Train workers (one per GPU with use_gpu). strategy: ddp or fsdp.
+    """num_workers: Ray Train workers (one per GPU with use_gpu). strategy: ddp, fsdp or pipeline (CoMeT's
+    layer pipeline; one pipeline over all workers).
     storage_path: where Ray keeps checkpoints: a local path or a URI (s3://, gs://, ...); empty means
     <cwd>/outputs/ray. run_name: the MLflow run name (and --resume auto's key)."""
 
@@ -58,8 +60,9 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"launch.num_workers={self.num_workers} must be >= 1. Fix: --num-workers 2")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"launch.strategy={self.strategy!r} is not one of {STRATEGIES}. Fix: --launch.strategy ddp")
+        if self.strategy not in STRATEGIES + (PIPELINE_STRATEGY,):
+            raise ConfigError(f"launch.strategy={self.strategy!r} is not one of {STRATEGIES} or {PIPELINE_STRATEGY!r}. "
+                              "Fix: --launch.strategy ddp")
         if self.max_failures < -1:
             raise ConfigError(f"launch.max_failures={self.max_failures}: use -1 (retry forever), 0, or a positive count")
         if self.checkpoint_every_n_steps < 1:

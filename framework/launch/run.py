@@ -142,7 +142,8 @@ def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
     num_samples = cfg.data.num_samples
     if num_samples is None and cfg.launch.max_steps is None:
         num_samples = len(build_source(cfg.data, load_tokenizer(cfg.model)))
-    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * cfg.launch.num_workers, cfg.launch.max_steps)
+    replicas = 1 if cfg.launch.strategy == "pipeline" else cfg.launch.num_workers
+    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * replicas, cfg.launch.max_steps)
 
     storage_path, storage_fs = _storage(cfg)
     spill_dir = str(Path.cwd() / "outputs" / "mlflow-backlog")

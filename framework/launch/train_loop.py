@@ -132,12 +132,14 @@ def train_loop_per_worker(payload: dict) -> None:
     model = build_model(cfg, tokenizer, init_dir)
     source = build_source(cfg.data, tokenizer)
 
-    global_batch = cfg.data.batch_size * world
+    # under the layer pipeline all Ray workers form one pipeline: they share one data replica
+    data_rank, data_world = (0, 1) if cfg.launch.strategy == "pipeline" else (rank, world)
+    global_batch = cfg.data.batch_size * data_world
     if manifest:
         cursor = DataCursor(manifest["step"], manifest["data"]["samples_consumed"], global_batch, cfg.data.seed)
     else:
         cursor = DataCursor(0, 0, global_batch, cfg.data.seed)
-    loader = rank_loader(source, cfg.data, rank, world, start_sample=cursor.at(cursor.base_step))
+    loader = rank_loader(source, cfg.data, data_rank, data_world, start_sample=cursor.at(cursor.base_step))
 
     logger = None
     if rank == 0:

@@ -375,10 +375,7 @@ class CoMeTForCausalLM(nn.Module):
             xs = [self._embed_rows(p, embeds[:, s:e]) for s, e, p in plans]
             memory = []
             for layer_idx in range(n_layers):
-                mem = LayerMemory()
-                for t, (_, _, p) in enumerate(plans):
-                    xs[t], mem = self._closed_cell(layer_idx, xs[t], mem, p)
-                    p.masks.clear()  # the next use is a layer later: do not hold every chunk's mask
+                xs, mem = self.layer_block(layer_idx, xs, LayerMemory(), plans)
                 memory.append(mem)
         elif schedule == "chunk_major":
             xs, memory = [], [LayerMemory() for _ in range(n_layers)]
@@ -403,6 +400,51 @@ class CoMeTForCausalLM(nn.Module):
             out.loss_sum = loss_sum
             out.loss = loss_sum / out.num_tokens.clamp(min=1)
         return out
+
+    # ------------------------------------------------------------------ blocks of chunks (hooks for pipelines)
+    def plan_sequence(self, input_ids=None, labels=None, attention_mask=None, document_ids=None,
+                      inputs_embeds=None):
+        """Plans of every chunk of the sequence, [(start, end, plan)], and the shifted targets (or None).
+
+        Cheap (metadata only); a pipeline rank plans the whole sequence, then runs its own block of plans."""
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if ref.dim() < 2 or ref.shape[1] == 0:
+            raise ValueError(f"inputs must be (batch, length>0, ...); got shape {tuple(ref.shape)}")
+        batch, n = ref.shape[:2]
+        text_valid, text_doc = self._text_meta(batch, n, attention_mask, document_ids, ref.device)
+        targets = None if labels is None else self._shift_labels(labels, text_valid, text_doc)
+        return self._plan_chunks(text_valid, text_doc, mask_cache={}), targets
+
+    def embed_block(self, plans, input_ids=None, inputs_embeds=None) -> list:
+        """Layer-0 inputs of the chunks in `plans` (a contiguous block of `plan_sequence`'s list)."""
+        if inputs_embeds is None:
+            embed = self.backbone.model.embed_tokens
+            return [self._embed_rows(p, embed(input_ids[:, s:e])) for s, e, p in plans]
+        return [self._embed_rows(p, inputs_embeds[:, s:e]) for s, e, p in plans]
+
+    def layer_block(self, layer_idx: int, xs: list, mem: LayerMemory, plans) -> tuple[list, LayerMemory]:
+        """Decoder layer `layer_idx` over a block of consecutive chunks, carrying that layer's memory from
+        chunk to chunk: `mem` is the memory before the block's first chunk; returns (outputs, memory after)."""
+        xs = list(xs)
+        for t, (_, _, p) in enumerate(plans):
+            xs[t], mem = self._closed_cell(layer_idx, xs[t], mem, p)
+            p.masks.clear()  # the next use is a layer later: do not hold every chunk's mask
+        return xs, mem
+
+    def head_block(self, xs: list, plans, targets, return_logits: bool = False):
+        """(summed cross-entropy over the block's labelled tokens or None, labelled tokens or None, logits)."""
+        loss_sum, logits, num_tokens = None, [], None
+        for x, (s, e, p) in zip(xs, plans):
+            part_loss, part_logits = self._head(x, p, None if targets is None else targets[:, s:e], return_logits)
+            if part_loss is not None:
+                loss_sum = part_loss if loss_sum is None else loss_sum + part_loss
+            if part_logits is not None:
+                logits.append(part_logits)
+        if targets is not None and plans:
+            num_tokens = (targets[:, plans[0][0]:plans[-1][1]] != -100).sum()
+        return loss_sum, num_tokens, torch.cat(logits, dim=1) if logits else None
 
     def _input_embeds(self, input_ids, inputs_embeds) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
