@@ -80,7 +80,8 @@ def ray_up_checks(cfg: dict) -> dict:
 
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_matches_ray_schema(name, ray_schema):
-    jsonschema.validate(load(name), ray_schema)
+    errors = [e.message for e in jsonschema.validators.validator_for(ray_schema)(ray_schema).iter_errors(load(name))]
+    assert errors == []
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -388,7 +389,8 @@ def validate_rayjob(doc: dict) -> None:
 
 
 def test_rayjob_matches_kuberay_fields():
-    validate_rayjob(load(RAYJOB))
+    errors = [f"{list(e.path)}: {e.message}" for e in RAY_JOB_VALIDATOR.iter_errors(load(RAYJOB))]
+    assert errors == []
 
 
 def _spec(d):

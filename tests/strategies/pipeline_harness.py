@@ -64,8 +64,9 @@ def _entry(rank, world, port, fn, args, errors):
             dist.destroy_process_group()
 
 
-def spawn(fn, world: int, *args, timeout: float = 240.0) -> None:
-    """Run fn(rank, world, *args) in `world` gloo processes; re-raise the first failure with its traceback."""
+def spawn(fn, world: int, *args, timeout: float = 240.0) -> list[int]:
+    """Run fn(rank, world, *args) in `world` gloo processes; re-raise the first failure (a failed assertion
+    inside a worker) with its traceback. Returns the exit codes, all 0 when every rank's checks passed."""
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     port = free_port()
@@ -86,3 +87,4 @@ def spawn(fn, world: int, *args, timeout: float = 240.0) -> None:
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         raise AssertionError(f"worker exit codes {bad}")
+    return [p.exitcode for p in procs]
