@@ -22,6 +22,8 @@ from data_pipelines.corpus import filler_tokens
 from data_pipelines.errors import require
 
 IGNORE_INDEX = -100
+PASSKEY_REPEAT_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+"""The haystack of the passkey literature (Mohtashami and Jaggi, 2023): pass it as ``filler``."""
 _SNAP_WINDOW = 64  # a needle moves at most this many tokens to land at a sentence start
 
 

@@ -2,6 +2,9 @@
 
     longctx version   print the longctx version
     longctx info      print versions of the main dependencies
+    longctx data      prepare, inspect and verify token stores
+    longctx eval      passkey retrieval and perplexity of a model
+    longctx bench     efficiency curves against full and sliding-window attention
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     from data_pipelines.cli import add_data_subcommand
 
     add_data_subcommand(sub)
+    from framework.eval.cli import add_eval_subcommands
+
+    add_eval_subcommands(sub)
     return parser
 
 

@@ -76,6 +76,7 @@ class CoMeTModule(pl.LightningModule):
             labels=batch["labels"],
             attention_mask=batch.get("attention_mask"),
             document_ids=batch.get("document_ids"),
+            return_logits=False,
         )
         loss, mean, labelled, tokens = global_token_mean(out.loss_sum, out.num_tokens, self.trainer.world_size,
                                                          batch["input_ids"].numel())

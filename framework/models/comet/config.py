@@ -10,6 +10,9 @@ class CoMeTConfigError(ValueError):
     """A CoMeT config field breaks a rule; the message names the field, the rule and a fix."""
 
 
+GATE_MODES = ("learned", "overwrite")
+
+
 @dataclass
 class CoMeTConfig:
     """How CoMeT turns a causal LM into a chunk-recurrent model.
@@ -21,6 +24,8 @@ class CoMeTConfig:
     temp_budget: most entries the FIFO queue keeps per layer.
     adapter_rank: rank of the low-rank residual adapters (RLA) on both memory paths.
     temp_norm_eps: epsilon of the temporary path's RMSNorm (the reference uses 1e-12).
+    global_gate: "learned" (the paper's gated update) or "overwrite" (the RMT-style ablation: each
+        chunk's readouts replace the global state).
     reset_memory_at_doc_boundaries: with `document_ids`, no memory or attention crosses documents.
     gradient_checkpointing: recompute each (layer, chunk) cell in backward.
     """
@@ -31,6 +36,7 @@ class CoMeTConfig:
     temp_budget: int = 2048
     adapter_rank: int = 8
     temp_norm_eps: float = 1e-12
+    global_gate: str = "learned"
     reset_memory_at_doc_boundaries: bool = False
     gradient_checkpointing: bool = False
 
@@ -73,6 +79,8 @@ class CoMeTConfig:
                 f"must be a multiple of temp_stride={self.temp_stride}",
                 f"use temp_budget={lo or self.temp_stride} or {lo + self.temp_stride}",
             )
+        if self.global_gate not in GATE_MODES:
+            fail("global_gate", f"must be one of {GATE_MODES}", 'use "learned" (the paper) or "overwrite" (ablation)')
         if not self.temp_norm_eps > 0:
             fail("temp_norm_eps", "must be positive", "use 1e-12")
         if not (self.uses_global_memory or self.uses_temp_memory):

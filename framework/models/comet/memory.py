@@ -2,6 +2,7 @@
 
 Global path:    S' = RMSNorm(R)                              on the first chunk (or a new document)
                 S' = g * S + (1 - g) * RMSNorm(R),  g = sigmoid(W_g [RMSNorm(R); S])   (one scalar per slot)
+                S' = RMSNorm(R)                              always, with global_gate="overwrite" (RMT-style ablation)
                 G' = S' + W_up W_down S'                     (rank-r residual adapter)
 Temporary path: entries = RLA_t(RMSNorm_t(C)), appended to a queue that keeps the newest
                 `budget` real entries; padding entries are evicted first.
@@ -44,10 +45,11 @@ class LowRankAdapter(nn.Module):
 class GlobalMemory(nn.Module):
     """Gated global state and the memory injected from it."""
 
-    def __init__(self, dim: int, rank: int, eps: float):
+    def __init__(self, dim: int, rank: int, eps: float, gated: bool = True):
         super().__init__()
         self.norm = RMSNorm(dim, eps)
-        self.gate = nn.Linear(2 * dim, 1, bias=False)
+        # gated=False is the RMT-style ablation: every chunk overwrites the state
+        self.gate = nn.Linear(2 * dim, 1, bias=False) if gated else None
         self.adapter = LowRankAdapter(dim, rank)
 
     def update(
@@ -60,7 +62,7 @@ class GlobalMemory(nn.Module):
         fresh: (B,) bool; True restarts that sequence's state (first-chunk rule), e.g. at a new document.
         """
         candidate = self.norm(readouts)
-        if state is None:
+        if state is None or self.gate is None:
             new_state = candidate
         else:
             g = torch.sigmoid(self.gate(torch.cat([candidate, state], dim=-1)))
@@ -85,9 +87,10 @@ class TemporaryMemory(nn.Module):
 class LayerMemoryNets(nn.Module):
     """The new parameters of one decoder layer."""
 
-    def __init__(self, dim: int, rank: int, eps: float, temp_eps: float, use_global: bool, use_temp: bool):
+    def __init__(self, dim: int, rank: int, eps: float, temp_eps: float, use_global: bool, use_temp: bool,
+                 gated: bool = True):
         super().__init__()
-        self.global_mem = GlobalMemory(dim, rank, eps) if use_global else None
+        self.global_mem = GlobalMemory(dim, rank, eps, gated) if use_global else None
         self.temp_mem = TemporaryMemory(dim, rank, temp_eps) if use_temp else None
 
 

@@ -112,7 +112,7 @@ class CoMeTForCausalLM(nn.Module):
         ref = embed.weight
         self.memory_nets = nn.ModuleList(
             LayerMemoryNets(dim, config.adapter_rank, eps, config.temp_norm_eps,
-                            config.uses_global_memory, config.uses_temp_memory)
+                            config.uses_global_memory, config.uses_temp_memory, config.global_gate == "learned")
             for _ in range(len(backbone.model.layers))
         ).to(device=ref.device, dtype=ref.dtype)
         self.readout_embed = nn.Parameter(torch.zeros(config.global_mem_size, dim, device=ref.device, dtype=ref.dtype))
@@ -342,6 +342,12 @@ class CoMeTForCausalLM(nn.Module):
 
     def _head(self, x, plan: SegmentPlan, targets, want_logits: bool):
         def head(x):
+            if targets is not None and not want_logits:
+                # the LM head only where a label is: answer-only losses skip almost all of the vocab matmul
+                labelled = targets != -100
+                h = x[:, plan.text_rows][labelled]
+                logits = self.backbone.lm_head(self.backbone.model.norm(h))
+                return F.cross_entropy(logits.float(), targets[labelled], reduction="sum"), None
             logits = self._logits(x, plan.text_rows)
             if targets is None:
                 return None, logits

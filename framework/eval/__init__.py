@@ -1,0 +1,4 @@
+"""Evaluation of long-context models: passkey retrieval, perplexity by position, efficiency curves.
+
+Reached through the CLI: ``longctx eval passkey``, ``longctx eval perplexity``, ``longctx bench efficiency``.
+"""

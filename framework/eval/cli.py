@@ -1,0 +1,47 @@
+"""``longctx eval passkey|perplexity`` and ``longctx bench efficiency``.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Bad input exits
+with status 2 and one line naming the cause and the fix; progress goes to stderr, the JSON
+summary to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+_EVAL = {"passkey": "passkey retrieval accuracy by context length and depth, with a heat-map",
+         "perplexity": "perplexity by position bucket on long documents"}
+_BENCH = {"efficiency": "prefill time, decode ms/token and peak memory against context length"}
+
+
+def _runner(module_name: str):
+    def run(args: argparse.Namespace) -> int:
+        from data_pipelines.errors import DataConfigError
+        from framework.eval.model_uri import ModelURIError
+        from framework.tracking.store import TrackingError
+
+        module = importlib.import_module(f"framework.eval.{module_name}")
+        try:
+            return module.run(args)
+        except (ModelURIError, DataConfigError, TrackingError, ValueError) as err:
+            print(f"longctx: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _add_group(sub, name: str, title: str, commands: dict) -> None:
+    group = sub.add_parser(name, help=title).add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    for command, help_text in commands.items():
+        module = importlib.import_module(f"framework.eval.{command}")
+        parser = group.add_parser(command, help=help_text, description=(module.__doc__ or help_text).strip(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        parser.set_defaults(func=_runner(command))
+
+
+def add_eval_subcommands(sub) -> None:
+    _add_group(sub, "eval", "evaluate a long-context model", _EVAL)
+    _add_group(sub, "bench", "measure a model's efficiency", _BENCH)

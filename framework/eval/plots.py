@@ -1,0 +1,60 @@
+"""PNG figures of evaluation results (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], path: str, *,
+            title: str, xlabel: str, ylabel: str, vmin: float = 0.0, vmax: float = 1.0) -> str:
+    """values[i][j] for row label i and column label j, coloured red (vmin) to green (vmax), annotated."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(cols), 1), 1.0 + 0.55 * max(len(rows), 1)))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), labels=list(cols))
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *, title: str,
+              xlabel: str, ylabel: str, logx: bool = False, logy: bool = False) -> str:
+    """One line per name: series[name] = (xs, ys)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o", label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,115 @@
+"""longctx bench efficiency: the sliding-window baseline is a real window; the JSON, plots and skips."""
+
+import argparse
+import importlib
+import inspect
+import json
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def longctx(argv):
+    """framework.cli.main once eval/bench are wired into it; until then the same runner for one command."""
+    from framework import cli
+    from framework.eval import cli as eval_cli
+
+    if "add_eval_subcommands" in inspect.getsource(cli):
+        return cli.main(argv)
+    module = importlib.import_module(f"framework.eval.{argv[1]}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return eval_cli._runner(argv[1])(parser.parse_args(argv[2:]))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from framework.eval.efficiency import build_tiny_model
+
+    model, tokenizer = build_tiny_model(seed=2)
+    return model, tokenizer
+
+
+def test_sliding_window_equals_full_inside_window_and_differs_beyond(tiny):
+    from framework.eval.efficiency import HFRunner, sliding_window_model
+
+    backbone, window = tiny[0].backbone, 16
+    sliding = sliding_window_model(backbone, window)
+    assert sliding.model.embed_tokens.weight is backbone.model.embed_tokens.weight  # shared, not copied
+    ids = torch.randint(0, 8000, (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full_logits, sliding_logits = backbone(ids).logits, sliding(ids).logits
+    torch.testing.assert_close(sliding_logits[:, :window], full_logits[:, :window], rtol=0, atol=1e-5)
+    assert (sliding_logits[:, window:] - full_logits[:, window:]).abs().amax() > 1e-2
+
+    # decoding on the sliding KV cache gives the sliding forward's logits, and the cache stays window-1 long
+    runner = HFRunner(sliding)
+    with torch.no_grad():
+        runner.prefill(ids[:, :30])
+        steps = [sliding(input_ids=ids[:, t:t + 1], past_key_values=runner.cache, use_cache=True).logits
+                 for t in range(30, 48)]
+    torch.testing.assert_close(torch.cat(steps, 1), sliding_logits[:, 30:], rtol=0, atol=1e-5)
+    assert runner.cache.layers[0].keys.shape[-2] == window - 1
+
+
+def test_sliding_window_refuses_families_without_it():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from framework.eval.efficiency import EfficiencyArgumentError, sliding_window_model
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(EfficiencyArgumentError, match="mistral/qwen2/qwen3.*'llama'.*Fix"):
+        sliding_window_model(llama, 8)
+
+
+def test_bench_tiny_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = longctx(["bench", "efficiency", "--tiny", "--lengths", "96,32", "--decode-tokens", "3", "--window", "48",
+                    "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["device"] == "cpu" or summary["device"].startswith("cuda")
+    assert summary["base"].startswith("qwen3") and summary["window"] == 48
+    assert summary["memory_metric"] in ("peak_rss_delta_mb", "peak_cuda_allocated_above_start_mb")
+    assert [(r["method"], r["length"]) for r in summary["results"]] == [
+        (m, n) for n in (32, 96) for m in ("comet", "full", "sliding")]
+    for row in summary["results"]:
+        assert "skipped" not in row
+        assert row["prefill_s"] > 0 and row["decode_ms_per_token"] > 0
+        assert row["peak_mem_mb"] is None or row["peak_mem_mb"] >= 0
+    assert json.loads((out / "efficiency.json").read_text())["results"] == summary["results"]
+    for name in ("prefill", "decode", "memory"):
+        assert (out / f"efficiency_{name}.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bench_skips_full_attention_past_max_positions(tiny, tmp_path, capsys):
+    model, tokenizer = tiny
+    model_dir = tmp_path / "model"
+    model.save_pretrained(str(model_dir), tokenizer=tokenizer)
+    code = longctx(["bench", "efficiency", "--model", str(model_dir), "--methods", "full", "--lengths", "4095",
+                    "--decode-tokens", "2", "--out", str(tmp_path / "o")])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (row,) = summary["results"]
+    assert row["method"] == "full" and row["length"] == 4095
+    assert "max_position_embeddings=4096" in row["skipped"] and "prefill_s" not in row
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--lengths", "1k,2k"], "--lengths '1k,2k'"),
+    (["--lengths", "0"], "--lengths '0'"),
+    (["--methods", "comet,flash"], "--methods 'comet,flash'"),
+    (["--decode-tokens", "0"], "--decode-tokens 0"),
+])
+def test_bad_input_exits_2_with_cause_and_fix(tmp_path, capsys, extra, needle):
+    code = longctx(["bench", "efficiency", "--tiny", "--out", str(tmp_path), *extra])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert needle in captured.err and "Fix" in captured.err
+    assert captured.out == ""
