@@ -80,7 +80,7 @@ def resolve_filler(spec: str):
                 return fh.read()
         except (OSError, ValueError) as err:
             raise ValueError(f"--filler {spec}: cannot read {spec[1:]} ({err}). Fix: pass @<path of a text file>") from None
-    raise ValueError(f"--filler {spec!r}: use repeat, novels, or @<path of a text file>")
+    raise ValueError(f"--filler {spec!r} is not a filler. Fix: use repeat, novels, or @<path of a text file>")
 
 
 @dataclass

@@ -1,8 +1,5 @@
 """longctx bench efficiency: the sliding-window baseline is a real window; the JSON, plots and skips."""
 
-import argparse
-import importlib
-import inspect
 import json
 
 import pytest
@@ -14,16 +11,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def longctx(argv):
-    """framework.cli.main once eval/bench are wired into it; until then the same runner for one command."""
     from framework import cli
-    from framework.eval import cli as eval_cli
 
-    if "add_eval_subcommands" in inspect.getsource(cli):
-        return cli.main(argv)
-    module = importlib.import_module(f"framework.eval.{argv[1]}")
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return eval_cli._runner(argv[1])(parser.parse_args(argv[2:]))
+    return cli.main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,5 @@
 """longctx eval perplexity: output shape, bucket accounting, and streaming NLL == the full forward loss."""
 
-import argparse
-import importlib
-import inspect
 import json
 import math
 
@@ -16,16 +13,9 @@ SMALL_COMET = {"chunk_size": 64, "global_mem_size": 4, "temp_stride": 8, "temp_b
 
 
 def longctx(argv):
-    """framework.cli.main once eval/bench are wired into it; until then the same runner for one command."""
     from framework import cli
-    from framework.eval import cli as eval_cli
 
-    if "add_eval_subcommands" in inspect.getsource(cli):
-        return cli.main(argv)
-    module = importlib.import_module(f"framework.eval.{argv[1]}")
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return eval_cli._runner(argv[1])(parser.parse_args(argv[2:]))
+    return cli.main(argv)
 
 
 @pytest.fixture(scope="module")
