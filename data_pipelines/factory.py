@@ -2,7 +2,7 @@
 
 Kinds and their keys (defaults in brackets):
 
-- ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None]
+- ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None], label_needle [False]
 - ``needle``: seq_len, num_samples [10000], seed [0], num_needles [4], num_queries [1], digits [7], filler [None]
 - ``store_windows``: path, seq_len, packing ["concat"], num_samples [None: all windows], seed [0], storage_options [None]
 - ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
@@ -28,7 +28,8 @@ from data_pipelines.errors import DataConfigError
 
 _REQUIRED = object()
 KINDS: dict[str, dict[str, Any]] = {
-    "passkey": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "digits": 5, "depth": None, "filler": None},
+    "passkey": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "digits": 5, "depth": None, "filler": None,
+                "label_needle": False},
     "needle": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "num_needles": 4, "num_queries": 1, "digits": 7,
                "filler": None},
     "store_windows": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "concat", "num_samples": None, "seed": 0,
@@ -118,7 +119,8 @@ def build_source(spec: Mapping[str, Any], tokenizer):
         from data_pipelines.synthetic import PasskeyTask
 
         source = PasskeyTask(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
-                             digits=spec["digits"], depth=spec["depth"], filler=spec["filler"])
+                             digits=spec["digits"], depth=spec["depth"], filler=spec["filler"],
+                             label_needle=spec["label_needle"])
     elif kind == "needle":
         from data_pipelines.synthetic import NeedleTask
 

@@ -190,6 +190,9 @@ class PasskeyTask(_NeedleTaskBase):
     between 0 and 1 snap to the nearest sentence start within 64 tokens.
     ``filler``: None for the shipped novels, or text, or a sequence of token ids; it is
     read cyclically from a random sentence start, so any ``seq_len`` works (tested at 1M+).
+    ``label_needle``: also label the key's second mention inside the needle ("... 48213. Remember
+    it. 48213 is the pass key."), a copy of the first: a dense signal that teaches a model trained
+    from scratch to copy digits, before it can learn to carry them across chunks.
     """
 
     INTRO = (
@@ -199,7 +202,7 @@ class PasskeyTask(_NeedleTaskBase):
     QUESTION = "\n\nWhat is the pass key? The pass key is "
 
     def __init__(self, tokenizer, seq_len: int = 256, num_samples: int = 10_000, seed: int = 0,
-                 digits: int = 5, depth: float | None = None, filler=None):
+                 digits: int = 5, depth: float | None = None, filler=None, label_needle: bool = False):
         require(
             isinstance(digits, int) and 1 <= digits <= 18,
             f"digits={digits!r} must be an int in [1, 18] (the key is drawn as an integer). Pass e.g. digits=5.",
@@ -208,8 +211,10 @@ class PasskeyTask(_NeedleTaskBase):
             depth is None or (isinstance(depth, (int, float)) and 0.0 <= float(depth) <= 1.0),
             f"depth={depth!r} must be None (uniform random per sample) or a float in [0, 1]. Pass e.g. depth=0.5.",
         )
+        require(isinstance(label_needle, bool), f"label_needle={label_needle!r} must be true or false.")
         super().__init__(tokenizer, seq_len, num_samples, seed, filler)
         self.digits = digits
+        self.label_needle = label_needle
         self.depth = None if depth is None else float(depth)
         probe = self._ids("7" * digits)
         require(
@@ -229,19 +234,25 @@ class PasskeyTask(_NeedleTaskBase):
         depth = float(rng.random()) if self.depth is None else self.depth
         return key, depth, rng
 
-    def _build(self, index: int) -> np.ndarray:
+    def _build(self, index: int) -> tuple[np.ndarray, int]:
+        """The sample's token ids, and where the key's second mention in the needle starts."""
         key, depth, rng = self._draw(self._check_index(index))
         needle = np.concatenate([self._ids(" The pass key is "), self._ids(key),
                                  self._ids(". Remember it. "), self._ids(key), self._ids(" is the pass key.")])
-        ids, _ = self._assemble([self._ids(self.INTRO)], [needle], [depth], [self._ids(self.QUESTION)], self._ids(key), rng)
-        return ids
+        ids, spans = self._assemble([self._ids(self.INTRO)], [needle], [depth], [self._ids(self.QUESTION)], self._ids(key), rng)
+        repeat = spans[0][0] + needle.size - self._ids(" is the pass key.").size - self.digits
+        return ids, repeat
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self._tensors(self._build(index), self.digits)
+        ids, repeat = self._build(index)
+        sample = self._tensors(ids, self.digits)
+        if self.label_needle:  # the key's second mention inside the needle: a copy of its first
+            sample["labels"][repeat:repeat + self.digits] = sample["input_ids"][repeat:repeat + self.digits]
+        return sample
 
     def example(self, index: int) -> tuple[str, str]:
         """The same sample as text: ``(prompt, answer)``; the prompt ends right before the answer."""
-        return self._text(self._build(index), self.digits)
+        return self._text(self._build(index)[0], self.digits)
 
 
 class NeedleTask(_NeedleTaskBase):

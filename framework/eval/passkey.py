@@ -245,3 +245,57 @@ def run(args: argparse.Namespace) -> int:
                              digits=args.digits, batch_size=args.batch_size)
     print_summary(summary)
     return 0
+
+
+# ---------------------------------------------------------------------------------------- full attention
+class _FullAttentionStream:
+    """The ``feed`` of ``CoMeTStream`` for a plain transformers causal LM: each feed extends one KV cache."""
+
+    def __init__(self, model):
+        self.model, self.cache = model, None
+
+    def feed(self, input_ids, logits: str | None = "last"):
+        import torch
+
+        if logits not in ("last", None):
+            raise ValueError(f"logits={logits!r}: the full-attention passkey path only decodes ('last' or None)")
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return out.logits if logits == "last" else None
+
+
+class FullAttentionLM:
+    """A transformers causal LM (e.g. the base a CoMeT model was fine-tuned from) seen through the interface
+    `evaluate_passkey` streams through, so both models answer the very same haystacks.
+
+    The whole prompt goes through one forward with ``use_cache=True`` (``prefill_tokens`` is larger than
+    any haystack, so `evaluate_passkey` feeds it in one piece), keeping only the last position's logits;
+    the key is then decoded greedily on the KV cache. Memory grows with the length (the KV cache and,
+    without a memory-efficient kernel, the attention scores): the caller decides which lengths fit.
+    """
+
+    def __init__(self, model, prefill_tokens: int = 1 << 40):
+        from types import SimpleNamespace
+
+        self.model = model.eval()
+        self.config = SimpleNamespace(chunk_size=prefill_tokens)  # evaluate_passkey's feed size
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def stream(self) -> _FullAttentionStream:
+        return _FullAttentionStream(self.model)
+
+
+def evaluate_passkey_full_attention(model, tokenizer, lengths: Sequence[int], depths: Sequence[float], trials: int,
+                                    seed: int = 0, digits: int = 5, filler=PASSKEY_REPEAT_FILLER,
+                                    batch_size: int | None = 1,
+                                    log: Callable[[str], None] = lambda _: None) -> list[CellResult]:
+    """`evaluate_passkey` for a plain transformers causal LM with full attention (one prefill, greedy decode).
+
+    The haystacks, keys and scoring are exactly those `evaluate_passkey` gives a CoMeT model with the
+    same arguments; `batch_size` defaults to 1 because a full-attention prefill's memory grows with it.
+    """
+    return evaluate_passkey(FullAttentionLM(model), tokenizer, lengths, depths, trials, seed=seed, digits=digits,
+                            filler=filler, batch_size=batch_size, log=log)

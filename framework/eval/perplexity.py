@@ -290,3 +290,53 @@ def run(args: argparse.Namespace) -> int:
         progress(f"logged to MLflow run {run_id}")
     print_summary(summary)
     return 0
+
+
+# ---------------------------------------------------------------------------------------- in-process use
+def full_attention_document_nll(model, input_ids, labels, totals: BucketTotals, piece_len: int = 4096) -> None:
+    """`stream_document_nll` for a plain transformers causal LM: one full-attention forward over the
+    (B, L) documents, then the logits of `piece_len` positions at a time from the final hidden states
+    (all L x vocabulary logits at once would not fit at long lengths)."""
+    import torch
+    import torch.nn.functional as F
+
+    length = input_ids.shape[1]
+    with torch.inference_mode():
+        hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state  # the last token predicts nothing
+        head = model.get_output_embeddings()
+        for start in range(0, length - 1, piece_len):
+            end = min(start + piece_len, length - 1)
+            logits = head(hidden[:, start:end])
+            targets = labels[:, start + 1:end + 1]
+            valid = targets != IGNORE_INDEX
+            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(),
+                                  reduction="none").view_as(targets)
+            totals.add(torch.arange(start + 1, end + 1), nll, valid)
+            del logits
+
+
+def text_perplexity(model, tokenizer, seq_len: int, num_docs: int = 1, buckets: str = "8", text: str | None = None,
+                    full_attention: bool = False, log=lambda _: None) -> dict:
+    """Perplexity of an already loaded model on `num_docs` windows of `seq_len` tokens of `text` (default: the
+    shipped novels). A CoMeT model is streamed chunk by chunk; with `full_attention` the model is a plain
+    transformers causal LM run in one forward. Returns {"seq_len", "num_docs", "tokens", "overall_nll",
+    "overall_ppl", "buckets", "data"}."""
+    import torch
+
+    from data_pipelines.corpus import shipped_corpus_path
+
+    edges = parse_buckets(buckets, seq_len)
+    path = text or shipped_corpus_path()
+    windows, _ = text_documents(path, tokenizer, seq_len, num_docs)
+    device = next(model.parameters()).device
+    totals = BucketTotals(edges)
+    for i, window in enumerate(windows):
+        ids = torch.tensor([window], dtype=torch.long, device=device)
+        log(f"perplexity: document {i + 1} of {len(windows)} ({seq_len} tokens)")
+        if full_attention:
+            full_attention_document_nll(model, ids, ids, totals)
+        else:
+            stream_document_nll(model, ids, ids, totals, model.config.chunk_size)
+    bucket_rows, overall = totals.summary()
+    return {"seq_len": seq_len, "num_docs": len(windows), **overall, "buckets": bucket_rows,
+            "data": path if text else "shipped:austen.jsonl.gz"}

@@ -78,7 +78,14 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
     return apply_overrides(cfg, tokens + overrides)
 
 
-def main(presets: Mapping[str, Callable], default: str, description: str, argv: Sequence[str] | None = None) -> int:
+def main(presets: Mapping[str, Callable], default: str, description: str, argv: Sequence[str] | None = None,
+         add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+         after: Callable[[argparse.Namespace, object, object], int] | None = None) -> int:
+    """Parse, compose the config, train on Ray, register; then `after(args, cfg, result)` if given.
+
+    add_flags adds recipe-specific flags to the parser; after runs on the driver once the job has
+    finished (e.g. an evaluation of the registered model) and its return value is the exit status.
+    """
     from framework.launch.run import LaunchError, run_job
     from framework.methods.base_model import BaseModelError
     from framework.tracking.checkpoints import CheckpointError
@@ -87,6 +94,8 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags, overrides = split_overrides(argv)
     parser = build_parser(description, presets, default)
+    if add_flags is not None:
+        add_flags(parser)
     args = parser.parse_args(flags)
     try:
         cfg = compose(args, overrides, presets)
@@ -112,4 +121,6 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
               "[longctx] or serve it:\n"
               f"    MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve -m {result.registered_uri} "
               "--env-manager local -h 127.0.0.1 -p 5001")
+    if after is not None:
+        return after(args, cfg, result)
     return 0

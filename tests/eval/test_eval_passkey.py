@@ -161,3 +161,21 @@ def test_bad_passkey_flags_exit_2_naming_the_fix(model_dir, tmp_path, capsys, ar
 def test_missing_model_directory_exits_2(tmp_path, capsys):
     code, _, stderr = longctx(["eval", "passkey", "--model", str(tmp_path / "nope")], capsys)
     assert code == 2 and "no such directory" in stderr and "Fix" in stderr
+
+
+def test_label_needle_labels_exactly_the_keys_second_mention():
+    from data_pipelines.factory import build_source
+    from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER
+    from data_pipelines.tokenizer import load_project_tokenizer
+
+    tok = load_project_tokenizer()
+    spec = {"kind": "passkey", "seq_len": 512, "num_samples": 4, "filler": PASSKEY_REPEAT_FILLER}
+    plain, dense = build_source(spec, tok), build_source({**spec, "label_needle": True}, tok)
+    for i in range(4):
+        a, b = plain[i], dense[i]
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        extra = ((b["labels"] != -100) & (a["labels"] == -100)).nonzero().flatten()
+        assert extra.numel() == 5 and int(extra[-1] - extra[0]) == 4  # five consecutive tokens
+        key = plain.key(i)
+        assert tok.decode(b["input_ids"][extra].tolist()) == key
+        assert tok.decode(b["input_ids"][extra[-1] + 1:extra[-1] + 6].tolist()).startswith(" is the pass key")

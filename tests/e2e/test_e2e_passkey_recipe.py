@@ -1,0 +1,46 @@
+"""recipes/comet_passkey_tiny.py end to end on a few steps: train on Ray, register, evaluate the registered
+model at multiples of the training length, log accuracy and heat-map to the training run."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+from recipe_runs import ROOT, recipe_env
+
+RECIPE = ROOT / "recipes" / "comet_passkey_tiny.py"
+
+
+def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--max-steps", "3", "--data.batch_size", "2", "--data.seq_len", "128",
+         "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
+         "--eval-out", str(tmp_path / "eval")],
+        cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON summary is the last stdout line
+    assert summary["train_len"] == 128 and summary["lengths"] == [256, 384]
+    assert set(summary["accuracy"]) == {"256", "384"} and set(summary["by_depth"]) == {"0", "1"}
+    assert summary["model"].startswith("models:/comet-passkey-tiny/")
+    assert (tmp_path / "eval" / "passkey_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["comet.global_gate"] == "learned"
+    assert {"eval/passkey/acc_256", "eval/passkey/acc_384"} <= set(run.data.metrics)
+    assert "train/loss" in run.data.metrics
+    artifacts = [f.path for f in client.list_artifacts(run.info.run_id, "eval/passkey")]
+    assert "eval/passkey/passkey_heatmap.png" in artifacts
+
+
+def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
+    out = {}
+    for preset in ("tiny", "no_gate", "no_temp"):
+        proc = subprocess.run([sys.executable, str(RECIPE), "--preset", preset, "--help-config"], cwd=tmp_path,
+                              env=recipe_env(), stdout=subprocess.PIPE, text=True, timeout=120)
+        assert proc.returncode == 0
+        out[preset] = dict(line[2:].split(" ", 1) for line in proc.stdout.splitlines() if line.startswith("--"))
+    diff = lambda a, b: {k for k in out[a] if out[a][k] != out[b].get(k)}  # noqa: E731
+    assert diff("tiny", "no_gate") == {"comet.global_gate", "launch.run_name", "tracking.model_name"}
+    assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
+    assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
