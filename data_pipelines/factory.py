@@ -4,6 +4,8 @@ Kinds and their keys (defaults in brackets):
 
 - ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None], label_needle [False]
 - ``needle``: seq_len, num_samples [10000], seed [0], num_needles [4], num_queries [1], digits [7], filler [None]
+- both synthetic kinds also take ``seq_len_schedule`` [None]: ``[[start_sample, length], ...]``, a length
+  curriculum by global sample position (see ``data_pipelines.schedule``)
 - ``store_windows``: path, seq_len, packing ["concat"], num_samples [None: all windows], seed [0], storage_options [None]
 - ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
   storage_options [None]
@@ -29,9 +31,9 @@ from data_pipelines.errors import DataConfigError
 _REQUIRED = object()
 KINDS: dict[str, dict[str, Any]] = {
     "passkey": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "digits": 5, "depth": None, "filler": None,
-                "label_needle": False},
+                "label_needle": False, "seq_len_schedule": None},
     "needle": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "num_needles": 4, "num_queries": 1, "digits": 7,
-               "filler": None},
+               "filler": None, "seq_len_schedule": None},
     "store_windows": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "concat", "num_samples": None, "seed": 0,
                       "storage_options": None},
     "chat": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "aligned", "field": "messages", "on_bad_record": "fail",
@@ -77,6 +79,10 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise DataConfigError(f"data spec seq_len={out['seq_len']} must be >= 2 tokens, e.g. 4096.")
     if "path" in out and (not isinstance(out["path"], (str, list, tuple)) or not out["path"]):
         raise DataConfigError(f"data spec path={out['path']!r} must be a non-empty URI (or a list of URIs).")
+    if out.get("seq_len_schedule") is not None:
+        from data_pipelines.schedule import check_schedule
+
+        check_schedule(out["seq_len_schedule"], out["seq_len"])
     chunking = spec.get("chunking")
     if chunking is not None:
         if not isinstance(chunking, Mapping):
@@ -148,6 +154,13 @@ def build_source(spec: Mapping[str, Any], tokenizer):
         source = ChatSource(spec["path"], tokenizer, spec["seq_len"], packing=spec["packing"], field=spec["field"],
                             on_bad_record=spec["on_bad_record"], storage_options=spec["storage_options"],
                             num_samples=spec["num_samples"], seed=spec["seed"])
+    if spec.get("seq_len_schedule") is not None:
+        from data_pipelines.schedule import LengthSchedule, check_schedule
+
+        final = source
+        pairs = check_schedule(spec["seq_len_schedule"], spec["seq_len"])
+        source = LengthSchedule(lambda n: final if n == spec["seq_len"] else build_source(
+            {**spec, "seq_len": n, "seq_len_schedule": None, "chunking": None}, tokenizer), pairs)
     if spec["chunking"] is not None:
         from data_pipelines.chunking import ChunkedSource
 

@@ -108,6 +108,9 @@ class RankBatches(IterableDataset):
 
     def batch(self, step: int, cursor: int | None = None, order: GlobalOrder | None = None) -> dict[str, Any]:
         order = order or GlobalOrder(len(self.source), self.seed, self.shuffle)
+        at = getattr(self.source, "sample_at", None)  # sources whose samples depend on the position too
+        if at is not None:
+            return collate([at(p, order.index(p)) for p in self.positions(step, cursor)])
         return collate([self.source[order.index(p)] for p in self.positions(step, cursor)])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -5,16 +5,20 @@ at 32x and 128x that length.
     python recipes/comet_passkey_tiny.py --preset no_gate     # ablation: RMT-style overwrite, no gate
     python recipes/comet_passkey_tiny.py --preset no_temp     # ablation: no temporary (FIFO) memory
 
-It trains a randomly initialised 2-layer Qwen3 (hidden 128) wrapped in CoMeT (chunks of 64 tokens,
-8 global memory slots, a FIFO of 16 compression tokens, i.e. the last 128 tokens) on Ray Train,
+It trains a randomly initialised 2-layer Qwen3 (hidden 128) wrapped in CoMeT (chunks of 32 tokens,
+8 global memory slots, a FIFO of 8 compression tokens, i.e. the last 64 tokens) on Ray Train,
 tracks it in MLflow and registers it. Then, on the driver, it streams passkey haystacks of
-``--eval-multiples`` x the training length through the registered model (``models:/...@champion``),
+``--eval-multiples`` x the training length through the registered model (``models:/<name>/<version>``),
 logs accuracy by length and depth plus the heat-map to the same MLflow run, and prints the JSON
 summary. The haystack is the passkey literature's repeated "The grass is green. ..." text.
 
-Because the FIFO reaches back 128 tokens and the samples are 256 long, only the gated global
-memory can carry a key from early in a sample to its end; at 8k and 32k tokens it has to hold
-the key over 128 and 512 chunk updates it never saw in training.
+A 256-token sample is 8 chunks. The FIFO reaches back 2 chunks, so a key hidden earlier can only
+reach the question through the gated global memory; at 8k and 32k tokens that memory has to hold
+the key over up to 256 and 1,024 chunk updates, where training never went past 8. Besides the
+answer, the loss covers the key's second mention inside the needle (``label_needle``): a dense
+copy signal for a model that starts from random weights. The first quarter of the steps runs on
+128-token samples (``seq_len_schedule``), where the key is usually close to the question; a run
+that starts at 256 tokens stalls at chance on the answer for hundreds of steps.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ def tiny() -> JobConfig:
                               arch=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                                         max_position_embeddings=4096)),
-        comet=CoMeTConfig(chunk_size=64, global_mem_size=8, temp_stride=8, temp_budget=16, adapter_rank=8),
+        comet=CoMeTConfig(chunk_size=32, global_mem_size=8, temp_stride=8, temp_budget=8, adapter_rank=8),
         method=OptimConfig(lr=2e-3, memory_lr_multiplier=1.0, warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1),
         data=DataConfig(kind="passkey", seq_len=TRAIN_LEN, batch_size=32, num_samples=200_000, epochs=1,
-                        options={"filler": PASSKEY_REPEAT_FILLER, "digits": 5}),
+                        options={"filler": PASSKEY_REPEAT_FILLER, "digits": 5, "label_needle": True,
+                                 # a length curriculum: the first 375 steps (x 32 samples) on 128 tokens
+                                 "seq_len_schedule": [[0, TRAIN_LEN // 2], [375 * 32, TRAIN_LEN]]}),
         launch=LaunchConfig(run_name="comet_passkey_tiny", max_steps=1500, checkpoint_every_n_steps=250,
                             keep_checkpoints=2, cpus_per_worker=2),
         tracking=TrackingConfig(model_name="comet-passkey-tiny"),

@@ -39,6 +39,14 @@ def validate(cfg: JobConfig) -> None:
     if cfg.data.seq_len <= cfg.comet.chunk_size:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
                           "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
+    gated = cfg.comet.uses_global_memory and cfg.comet.global_gate == "learned"
+    schedule = cfg.data.options.get("seq_len_schedule") or []
+    shortest = min([cfg.data.seq_len] + [p[1] for p in schedule if isinstance(p, (list, tuple)) and len(p) == 2
+                                         and isinstance(p[1], int)])
+    if gated and shortest <= 2 * cfg.comet.chunk_size:
+        raise ConfigError(f"data.seq_len={shortest} (the shortest scheduled length) is only two chunks of comet.chunk_size={cfg.comet.chunk_size}: "
+                          "the global-memory gate first acts on the third chunk, so it would get no gradient (and "
+                          "DDP stops on unused parameters). Fix: seq_len > 2 x chunk_size, or lower chunk_size")
     import data_pipelines
     from data_pipelines.factory import validate_spec
 

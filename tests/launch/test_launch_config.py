@@ -65,6 +65,7 @@ def test_recipe_help_config_lists_every_section(tmp_path):
     (["--max-steps", "0"], "launch.max_steps=0 must be a positive number"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--data.kind", "passkey", "--data.seq_len", "32"], "fits in one chunk"),
+    (["--data.seq_len", "128"], "the global-memory gate first acts on the third chunk"),
     (["--preset", "paper"], "data spec kind='chat' needs 'path'"),
     (["--data.options", '{"digitz": 5}'], "unknown key 'digitz'. Did you mean 'digits'?"),
 ])
