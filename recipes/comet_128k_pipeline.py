@@ -2,6 +2,8 @@
 
     python recipes/comet_128k_pipeline.py --preset tiny            # a laptop: 2 Ray workers on CPU, gloo
     python recipes/comet_128k_pipeline.py --preset tiny --num-workers 4 --launch.cpus_per_worker 0.5
+    python recipes/comet_128k_pipeline.py --preset tiny --num-workers 4 --launch.pipeline_size 2 \
+        --launch.cpus_per_worker 0.5                                # a 2 x 2 mesh: 2 pipelines, 2 data replicas
     ray job submit --working-dir . -- python recipes/comet_128k_pipeline.py --num-workers 16 --use-gpu \
         --tracking-uri http://mlflow:5000 --launch.storage_path s3://bucket/runs --data.options '{...}'
 
@@ -11,21 +13,21 @@ of 2048 (64 chunks, 4 per worker with one pipeline of 16), global memory 512, st
 answer-only loss, activation checkpointing, bf16 on GPU. The `tiny` preset: a random 2-layer Qwen3 on a
 generated passkey task, 2 CPU workers, 4 chunks per sequence (2 per worker).
 
-All workers form one pipeline (pipeline x data = workers x 1); the chunk count (seq_len / chunk_size)
-must be a multiple of the worker count, which is checked before any worker starts.
+The workers form a pipeline x data mesh: `--launch.pipeline_size P` gives num_workers / P pipeline
+groups, each a data-parallel replica with its own batches; by default all workers form one pipeline.
+The chunk count (seq_len / chunk_size) must be a multiple of P, and P must divide num_workers; both
+are checked before anything starts.
 """
 
 from __future__ import annotations
 
 import sys
 
-from framework.config import ConfigError
 from framework.launch.config import DataConfig, JobConfig, LaunchConfig
-from framework.launch.recipe_cli import EXIT_BAD_INPUT, build_parser, compose, main, split_overrides
+from framework.launch.recipe_cli import main
 from framework.methods.base_model import BaseModelConfig
 from framework.methods.optim import OptimConfig
 from framework.models.comet import CoMeTConfig
-from framework.strategies.mesh import PipelineConfigError, check_job
 from framework.tracking.store import TrackingConfig
 
 
@@ -60,28 +62,5 @@ def tiny() -> JobConfig:
 PRESETS = {"paper": paper, "tiny": tiny}
 
 
-def check_pipeline(argv) -> str | None:
-    """The pipeline's own checks on the composed config, before any worker starts: an error message or None.
-    (Other config errors are left to `main`, which reports them in its usual way.)"""
-    flags, overrides = split_overrides(argv)
-    args, _ = build_parser(__doc__, PRESETS, "paper").parse_known_args(flags)
-    try:
-        cfg = compose(args, overrides, PRESETS)
-    except (ConfigError, OSError):
-        return None
-    if cfg.launch.strategy != "pipeline" or args.help_config:
-        return None
-    try:
-        check_job(cfg.data.seq_len, cfg.comet.chunk_size, cfg.launch.num_workers)
-    except PipelineConfigError as err:
-        return f"{err} (data.seq_len={cfg.data.seq_len}, comet.chunk_size={cfg.comet.chunk_size}, " \
-               f"launch.num_workers={cfg.launch.num_workers})"
-    return None
-
-
 if __name__ == "__main__":
-    problem = check_pipeline(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     sys.exit(main(PRESETS, default="paper", description=__doc__))

@@ -81,35 +81,39 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-eval", action="store_true", help="train and register only")
 
 
-def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
-    import mlflow
+def eval_lengths(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[int], list[float]]:
+    """The evaluation grid; raises ValueError (before training starts) when a flag is bad."""
+    from framework.eval.passkey import check_grid, parse_list
 
-    from framework.eval.model_uri import load_model
-    from framework.eval.passkey import check_grid, parse_list, passkey_report
-    from framework.eval.reporting import print_summary
-
-    if args.no_eval:
-        return 0
-    if not result.registered_uri:
-        print("error: no registered model to evaluate (tracking.register is off). Fix: drop --tracking.register "
-              "false, or pass --no-eval", file=sys.stderr)
-        return 2
     multiples = parse_list(args.eval_multiples, int, "eval-multiples", "e.g. --eval-multiples 32,128")
     lengths = [m * cfg.data.seq_len for m in multiples]
     depths = parse_list(args.eval_depths, float, "eval-depths", "e.g. --eval-depths 0,0.5,1")
     check_grid(lengths, depths, args.eval_trials)
-    uri = f"models:/{result.registered_uri.split('/', 1)[1].split('@')[0]}/{result.registered_version}"
-    loaded = load_model(uri, tracking_uri=result.tracking_uri)
+    return lengths, depths
+
+
+def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
+    import mlflow
+
+    from framework.eval.model_uri import load_model
+    from framework.eval.passkey import passkey_report
+    from framework.eval.reporting import print_summary
+
+    if args.no_eval:
+        return 0
+    lengths, depths = eval_lengths(args, cfg)
+    loaded = load_model(result.pinned_model_uri, tracking_uri=result.tracking_uri)
     mlflow.set_tracking_uri(result.tracking_uri)
     with mlflow.start_run(run_id=result.run_id):
         summary = passkey_report(loaded, lengths, depths, args.eval_trials, seed=1234, out_dir=args.eval_out,
                                  filler=cfg.data.options.get("filler"), digits=cfg.data.options.get("digits", 5),
                                  title=f"{args.preset}: trained at {cfg.data.seq_len} tokens")
     summary["train_len"] = cfg.data.seq_len
-    summary["multiples"] = multiples
+    summary["multiples"] = [n // cfg.data.seq_len for n in lengths]
     print_summary(summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(PRESETS, default="tiny", description=__doc__, add_flags=add_eval_flags, after=evaluate))
+    sys.exit(main(PRESETS, default="tiny", description=__doc__, add_flags=add_eval_flags, check=eval_lengths,
+                  after=evaluate))

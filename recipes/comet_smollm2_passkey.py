@@ -145,6 +145,14 @@ def _eval_settings(args) -> dict:
     return {"lengths": lengths, "depths": depths, "trials": trials, "ppl_docs": docs}
 
 
+def check_eval_flags(args, cfg: JobConfig) -> None:
+    """Bad evaluation flags fail before training (ValueError: exit 2), not after it."""
+    from framework.eval.passkey import resolve_filler
+
+    _eval_settings(args)
+    resolve_filler(args.eval_filler)
+
+
 def _is_oom(err: BaseException) -> bool:
     import torch
 
@@ -211,18 +219,9 @@ def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
 
     if args.no_eval:
         return 0
-    if not result.registered_uri:
-        print("error: no registered model to evaluate (tracking.register is off). Fix: drop --tracking.register "
-              "false, or pass --no-eval", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        settings = _eval_settings(args)
-        filler = resolve_filler(args.eval_filler)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    settings, filler = _eval_settings(args), resolve_filler(args.eval_filler)  # vetted by check_eval_flags
     seed, lengths = 1234, settings["lengths"]
-    uri = f"models:/{result.registered_uri.split('/', 1)[1].split('@')[0]}/{result.registered_version}"
+    uri = result.pinned_model_uri
     loaded = load_model(uri, tracking_uri=result.tracking_uri)
     device = next(loaded.model.parameters()).device
     mlflow.set_tracking_uri(result.tracking_uri)
@@ -271,4 +270,5 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    sys.exit(main(PRESETS, default="cpu", description=__doc__, add_flags=add_eval_flags, after=evaluate))
+    sys.exit(main(PRESETS, default="cpu", description=__doc__, add_flags=add_eval_flags,
+                  check=check_eval_flags, after=evaluate))

@@ -211,20 +211,25 @@ def stream_document_nll(model, input_ids, labels, totals: BucketTotals, piece_le
     shift). Only one piece's logits exist at any time.
     """
     import torch
-    import torch.nn.functional as F
 
     length = input_ids.shape[1]
     stream = model.stream()
     with torch.no_grad():
         for start in range(0, length - 1, piece_len):  # the last token predicts nothing: never fed
             end = min(start + piece_len, length - 1)
-            logits = stream.feed(input_ids[:, start:end], logits="all")
-            targets = labels[:, start + 1:end + 1]
-            valid = targets != IGNORE_INDEX
-            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(),
-                                  reduction="none").view_as(targets)
-            totals.add(torch.arange(start + 1, end + 1), nll, valid)
-            del logits
+            _score_piece(totals, stream.feed(input_ids[:, start:end], logits="all"), labels, start, end)
+
+
+def _score_piece(totals, logits, labels, start: int, end: int) -> None:
+    """Add the NLL of the tokens start+1..end (predicted by logits of positions start..end-1) to `totals`."""
+    import torch
+    import torch.nn.functional as F
+
+    targets = labels[:, start + 1:end + 1]
+    valid = targets != IGNORE_INDEX
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(),
+                          reduction="none").view_as(targets)
+    totals.add(torch.arange(start + 1, end + 1), nll, valid)
 
 
 # ---------------------------------------------------------------------------------------- command
@@ -298,7 +303,6 @@ def full_attention_document_nll(model, input_ids, labels, totals: BucketTotals, 
     (B, L) documents, then the logits of `piece_len` positions at a time from the final hidden states
     (all L x vocabulary logits at once would not fit at long lengths)."""
     import torch
-    import torch.nn.functional as F
 
     length = input_ids.shape[1]
     with torch.inference_mode():
@@ -306,13 +310,7 @@ def full_attention_document_nll(model, input_ids, labels, totals: BucketTotals, 
         head = model.get_output_embeddings()
         for start in range(0, length - 1, piece_len):
             end = min(start + piece_len, length - 1)
-            logits = head(hidden[:, start:end])
-            targets = labels[:, start + 1:end + 1]
-            valid = targets != IGNORE_INDEX
-            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(),
-                                  reduction="none").view_as(targets)
-            totals.add(torch.arange(start + 1, end + 1), nll, valid)
-            del logits
+            _score_piece(totals, head(hidden[:, start:end]), labels, start, end)
 
 
 def text_perplexity(model, tokenizer, seq_len: int, num_docs: int = 1, buckets: str = "8", text: str | None = None,

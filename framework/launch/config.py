@@ -40,13 +40,15 @@ class DataConfig:
 @dataclass
 class LaunchConfig:
     """num_workers: Ray Train workers (one per GPU with use_gpu). strategy: ddp, fsdp or pipeline (CoMeT's
-    layer pipeline; one pipeline over all workers).
+    layer pipeline). pipeline_size: with the pipeline, workers per pipeline group; the mesh is
+    pipeline_size x (num_workers / pipeline_size) data replicas; empty means one pipeline of every worker.
     storage_path: where Ray keeps checkpoints: a local path or a URI (s3://, gs://, ...); empty means
     <cwd>/outputs/ray. run_name: the MLflow run name (and --resume auto's key)."""
 
     num_workers: int = 1
     use_gpu: bool = False
     strategy: str = "ddp"
+    pipeline_size: int | None = None
     storage_path: str | None = None
     max_failures: int = 3
     checkpoint_every_n_steps: int = 50
@@ -63,6 +65,9 @@ class LaunchConfig:
         if self.strategy not in STRATEGIES + (PIPELINE_STRATEGY,):
             raise ConfigError(f"launch.strategy={self.strategy!r} is not one of {STRATEGIES} or {PIPELINE_STRATEGY!r}. "
                               "Fix: --launch.strategy ddp")
+        if self.pipeline_size is not None and self.strategy != PIPELINE_STRATEGY:
+            raise ConfigError(f"launch.pipeline_size={self.pipeline_size} needs launch.strategy=pipeline "
+                              f"(it is {self.strategy!r}). Fix: --launch.strategy pipeline, or drop pipeline_size")
         if self.max_failures < -1:
             raise ConfigError(f"launch.max_failures={self.max_failures}: use -1 (retry forever), 0, or a positive count")
         if self.checkpoint_every_n_steps < 1:
@@ -86,6 +91,12 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def data_replicas(self) -> int:
+        """How many data-parallel replicas the workers form (each pipeline group is one replica)."""
+        if self.launch.strategy != PIPELINE_STRATEGY:
+            return self.launch.num_workers
+        return self.launch.num_workers // (self.launch.pipeline_size or self.launch.num_workers)
 
     def precision(self) -> str:
         if self.launch.precision != "auto":

@@ -80,11 +80,14 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
 
 def main(presets: Mapping[str, Callable], default: str, description: str, argv: Sequence[str] | None = None,
          add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+         check: Callable[[argparse.Namespace, object], None] | None = None,
          after: Callable[[argparse.Namespace, object, object], int] | None = None) -> int:
     """Parse, compose the config, train on Ray, register; then `after(args, cfg, result)` if given.
 
-    add_flags adds recipe-specific flags to the parser; after runs on the driver once the job has
-    finished (e.g. an evaluation of the registered model) and its return value is the exit status.
+    add_flags adds recipe-specific flags to the parser. check(args, cfg) vets them before anything
+    starts (a ValueError is bad input: exit 2). after runs on the driver once the job has finished
+    and registered a model (e.g. an evaluation of it, at ``result.pinned_model_uri``); its return
+    value is the exit status.
     """
     from framework.launch.run import LaunchError, run_job
     from framework.methods.base_model import BaseModelError
@@ -104,6 +107,11 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     if args.help_config:
         print("\n".join(describe(cfg)))
         return 0
+    if check is not None:
+        try:
+            check(args, cfg)
+        except ValueError as err:
+            parser.error(str(err))
     try:
         result = run_job(cfg, resume=args.resume)
     except (ConfigError, TrackingError, CheckpointError, BaseModelError) as err:
@@ -122,5 +130,8 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
               f"    MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve -m {result.registered_uri} "
               "--env-manager local -h 127.0.0.1 -p 5001")
     if after is not None:
+        if not result.registered_uri:
+            print("[longctx] no model was registered (tracking.register is off), so nothing is evaluated", file=sys.stderr)
+            return 0
         return after(args, cfg, result)
     return 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from framework.config import ConfigError, to_dict
-from framework.launch.config import JobConfig
+from framework.launch.config import PIPELINE_STRATEGY, JobConfig
 from framework.tracking.store import (TrackingError, check_store, default_artifact_location, ensure_experiment,
                                       resolve_tracking_uri)
 
@@ -33,6 +33,14 @@ class JobResult:
     registered_version: str | None
     checkpoint_path: str | None
 
+    @property
+    def pinned_model_uri(self) -> str | None:
+        """models:/<name>/<version>: exactly the version this job registered (an alias may move on)."""
+        if not self.registered_uri:
+            return None
+        name = self.registered_uri[len("models:/"):].split("@")[0]
+        return f"models:/{name}/{self.registered_version}"
+
 
 def validate(cfg: JobConfig) -> None:
     """Checks across sections, before any worker starts."""
@@ -47,6 +55,15 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"data.seq_len={shortest} (the shortest scheduled length) is only two chunks of comet.chunk_size={cfg.comet.chunk_size}: "
                           "the global-memory gate first acts on the third chunk, so it would get no gradient (and "
                           "DDP stops on unused parameters). Fix: seq_len > 2 x chunk_size, or lower chunk_size")
+    if cfg.launch.strategy == PIPELINE_STRATEGY:
+        from framework.strategies.mesh import PipelineConfigError, check_job
+
+        try:
+            check_job(cfg.data.seq_len, cfg.comet.chunk_size, cfg.launch.num_workers, cfg.launch.pipeline_size)
+        except PipelineConfigError as err:
+            raise ConfigError(f"{err} (data.seq_len={cfg.data.seq_len}, comet.chunk_size={cfg.comet.chunk_size}, "
+                              f"launch.num_workers={cfg.launch.num_workers}, "
+                              f"launch.pipeline_size={cfg.launch.pipeline_size})") from None
     import data_pipelines
     from data_pipelines.factory import validate_spec
 
@@ -150,8 +167,7 @@ def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
     num_samples = cfg.data.num_samples
     if num_samples is None and cfg.launch.max_steps is None:
         num_samples = len(build_source(cfg.data, load_tokenizer(cfg.model)))
-    replicas = 1 if cfg.launch.strategy == "pipeline" else cfg.launch.num_workers
-    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * replicas, cfg.launch.max_steps)
+    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * cfg.data_replicas(), cfg.launch.max_steps)
 
     storage_path, storage_fs = _storage(cfg)
     spill_dir = str(Path.cwd() / "outputs" / "mlflow-backlog")

@@ -83,7 +83,8 @@ def _strategy(cfg: JobConfig):
     if cfg.launch.strategy == "pipeline":
         from framework.strategies.ray_pipeline import RayLayerPipelineStrategy
 
-        return RayLayerPipelineStrategy(seq_len=cfg.data.seq_len, chunk_size=cfg.comet.chunk_size)
+        return RayLayerPipelineStrategy(pipeline_size=cfg.launch.pipeline_size, seq_len=cfg.data.seq_len,
+                                        chunk_size=cfg.comet.chunk_size)
     return RayDDPStrategy(find_unused_parameters=False)
 
 
@@ -132,8 +133,9 @@ def train_loop_per_worker(payload: dict) -> None:
     model = build_model(cfg, tokenizer, init_dir)
     source = build_source(cfg.data, tokenizer)
 
-    # under the layer pipeline all Ray workers form one pipeline: they share one data replica
-    data_rank, data_world = (0, 1) if cfg.launch.strategy == "pipeline" else (rank, world)
+    # the ranks of one pipeline group share a data replica (mesh: rank = data_index * pipeline_size + stage)
+    data_world = cfg.data_replicas()
+    data_rank = rank // (world // data_world)
     global_batch = cfg.data.batch_size * data_world
     if manifest:
         cursor = DataCursor(manifest["step"], manifest["data"]["samples_consumed"], global_batch, cfg.data.seed)

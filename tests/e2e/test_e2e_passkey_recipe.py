@@ -44,3 +44,11 @@ def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     assert diff("tiny", "no_gate") == {"comet.global_gate", "launch.run_name", "tracking.model_name"}
     assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
     assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
+
+
+def test_bad_evaluation_flags_fail_before_training_starts(tmp_path):
+    proc = subprocess.run([sys.executable, str(RECIPE), "--eval-multiples", "32,abc"], cwd=tmp_path, env=recipe_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--eval-multiples" in proc.stderr and "Fix" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started

@@ -1,5 +1,6 @@
 """recipes/comet_128k_pipeline.py: the paper preset, the pre-launch check, and a tiny run on 2 Ray workers."""
 
+import json
 import os
 import re
 import subprocess
@@ -39,3 +40,25 @@ def test_pipeline_recipe_tiny_trains_on_two_ray_workers(tmp_path):
     assert out.returncode == 0, log[-4000:]
     assert "finished 2 steps" in log
     assert re.search(r"metrics=\{'step': 2, 'final': True, 'loss': [0-9.]+", log)
+
+
+def test_pipeline_recipe_runs_a_two_by_two_mesh_on_four_ray_workers(tmp_path):
+    """pipeline_size 2 over 4 workers: 2 pipeline groups, each its own data replica."""
+    out = _run("--preset", "tiny", "--num-workers", "4", "--launch.pipeline_size", "2", "--launch.cpus_per_worker",
+               "0.5", "--data.batch_size", "2", "--max-steps", "2", "--launch.checkpoint_every_n_steps", "2",
+               cwd=tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "worker group of 4 starting from scratch" in log
+    assert "finished 2 steps" in log
+    # 2 steps x 2 replicas x batch 2 = 8 samples consumed, recorded in the final checkpoint's manifest
+    manifests = list((tmp_path / "outputs").rglob("manifest.json")) + list((tmp_path / "mlartifacts").rglob("manifest.json"))
+    assert manifests
+    assert {json.loads(m.read_text())["data"]["samples_consumed"] for m in manifests} == {8}
+
+
+def test_pipeline_size_that_does_not_divide_the_workers_is_refused_before_starting(tmp_path):
+    out = _run("--preset", "tiny", "--num-workers", "4", "--launch.pipeline_size", "3", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert "pipeline_size=3 does not divide 4 ranks" in out.stderr and "Fix" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
