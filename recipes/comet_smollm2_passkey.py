@@ -54,9 +54,8 @@ import argparse
 import os
 import sys
 
-from framework.config import ConfigError
 from framework.launch.config import DataConfig, JobConfig, LaunchConfig
-from framework.launch.recipe_cli import EXIT_BAD_INPUT, build_parser, compose, main, split_overrides
+from framework.launch.recipe_cli import main
 from framework.methods.base_model import RANDOM_PREFIX, BaseModelConfig
 from framework.methods.optim import OptimConfig
 from framework.models.comet import CoMeTConfig
@@ -113,22 +112,14 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-eval", action="store_true", help="train and register only")
 
 
-def check_base(argv) -> str | None:
-    """Before anything starts: model.base must be a converted folder. An error message, or None."""
-    flags, overrides = split_overrides(argv)
-    parser = build_parser(__doc__, PRESETS, "cpu")
-    add_eval_flags(parser)
-    args, _ = parser.parse_known_args(flags)  # --help prints the full help and exits here
-    try:
-        cfg = compose(args, overrides, PRESETS)
-    except (ConfigError, OSError):
-        return None  # main reports it in its usual way
+def check_base(cfg: JobConfig) -> None:
+    """model.base must be a converted folder (or a random base); raises ValueError with the fix."""
     base = cfg.model.base
-    if args.help_config or base.startswith(RANDOM_PREFIX) or os.path.isfile(os.path.join(base, "config.json")):
-        return None
-    return (f"the SmolLM2 folder {base} does not exist (or holds no config.json). Fix: run "
-            f"`bash cluster/setup_smollm2.sh{'' if base == default_dir() else ' ' + base}` once to install and "
-            "convert it, or point SMOLLM2_DIR (or --model.base) at a converted folder")
+    if base.startswith(RANDOM_PREFIX) or os.path.isfile(os.path.join(base, "config.json")):
+        return
+    raise ValueError(f"the SmolLM2 folder {base} does not exist (or holds no config.json). Fix: run "
+                     f"`bash cluster/setup_smollm2.sh{'' if base == default_dir() else ' ' + base}` once to install "
+                     "and convert it, or point SMOLLM2_DIR (or --model.base) at a converted folder")
 
 
 def _eval_settings(args) -> dict:
@@ -146,17 +137,12 @@ def _eval_settings(args) -> dict:
 
 
 def check_eval_flags(args, cfg: JobConfig) -> None:
-    """Bad evaluation flags fail before training (ValueError: exit 2), not after it."""
+    """A missing base folder or bad evaluation flags fail before training (ValueError: exit 2), not after it."""
     from framework.eval.passkey import resolve_filler
 
+    check_base(cfg)
     _eval_settings(args)
     resolve_filler(args.eval_filler)
-
-
-def _is_oom(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
 
 
 def _base_eval(cfg: JobConfig, settings: dict, filler, seed: int, max_len: int | None, out_dir: str, device) -> dict:
@@ -164,6 +150,7 @@ def _base_eval(cfg: JobConfig, settings: dict, filler, seed: int, max_len: int |
     import torch
     from transformers import AutoModelForCausalLM
 
+    from framework.eval.efficiency import is_oom
     from framework.eval.passkey import evaluate_passkey_full_attention, summarize, write_heatmap
     from framework.eval.perplexity import text_perplexity
     from framework.eval.reporting import progress, write_summary
@@ -188,7 +175,7 @@ def _base_eval(cfg: JobConfig, settings: dict, filler, seed: int, max_len: int |
                                           log=progress)["overall_ppl"]
             status[str(n)] = "ok" if not limit or n <= limit else f"ran beyond max_position_embeddings {limit}"
         except (RuntimeError, MemoryError) as err:
-            if not _is_oom(err):
+            if not is_oom(err):
                 raise
             cells = [c for c in cells if c.length != n]
             status[str(n)] = "out of memory"
@@ -266,9 +253,5 @@ def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
 
 
 if __name__ == "__main__":
-    problem = check_base(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     sys.exit(main(PRESETS, default="cpu", description=__doc__, add_flags=add_eval_flags,
                   check=check_eval_flags, after=evaluate))

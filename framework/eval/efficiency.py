@@ -356,10 +356,11 @@ def measure(runner, ids, decode_tokens: int, repeats: int, device) -> dict:
             "peak_mem_mb": max(peaks) if peaks else None}
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_oom(err: BaseException) -> bool:
+    """Whether `err` is the device (or the host) running out of memory."""
     import torch
 
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
 
 
 def benchmark(model, methods, lengths, decode_tokens: int, window: int, repeats: int, seed: int, device,
@@ -396,7 +397,7 @@ def benchmark(model, methods, lengths, decode_tokens: int, window: int, repeats:
                 try:
                     row.update(measure(runners[method], ids, decode_tokens, repeats, device))
                 except (RuntimeError, MemoryError) as err:
-                    if not _is_oom(err):
+                    if not is_oom(err):
                         raise
                     runners[method].close()
                     if device.type == "cuda":

@@ -4,8 +4,9 @@
         --lengths 4096,65536,1048576 --depths 0,0.25,0.5,0.75,1 --trials 8 --seed 0 --out outputs/eval/passkey
 
 Each haystack is streamed through the model chunk by chunk (``CoMeTStream``), so memory stays
-flat whatever the length; the key is then decoded greedily. A trial is correct when the first
-run of digits the model writes equals the key exactly. Prints one JSON summary on stdout:
+flat whatever the length; then as many tokens as the key has digits are decoded greedily. A trial
+is correct when those tokens spell the key exactly (one token per digit; a non-digit or a wrong
+digit anywhere fails it). Prints one JSON summary on stdout:
 
     {"accuracy": {"<length>": acc}, "by_depth": {"<depth>": {"<length>": acc}},
      "digit_accuracy": {...}, "heatmap": "<out>/passkey_heatmap.png", ...}
@@ -94,7 +95,7 @@ class CellResult:
 
 
 def _answer_greedy(model, prompt, digits: int, report: Callable[[int], None], piece_tokens: int):
-    """Stream `prompt` (B, n) through the model, then greedily decode `digits` + 1 tokens."""
+    """Stream `prompt` (B, n) through the model, then greedily decode `digits` tokens (the key's length)."""
     import torch
 
     stream = model.stream()
@@ -105,10 +106,10 @@ def _answer_greedy(model, prompt, digits: int, report: Callable[[int], None], pi
         logits = stream.feed(prompt[:, start:end], logits="last" if end == n else None)
         report(end)
     out = []
-    for step in range(digits + 1):
+    for step in range(digits):
         token = logits[:, -1].argmax(-1)
         out.append(token)
-        if step < digits:
+        if step < digits - 1:
             logits = stream.feed(token[:, None], logits="last")
     return torch.stack(out, dim=1)
 

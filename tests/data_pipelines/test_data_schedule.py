@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from data_pipelines import DataConfigError
+from data_pipelines.errors import DataConfigError
 from data_pipelines.factory import build_source
 from data_pipelines.loader import RankBatches
 

@@ -13,21 +13,20 @@ RECIPE = ROOT / "recipes" / "comet_passkey_tiny.py"
 
 def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(RECIPE), "--max-steps", "3", "--data.batch_size", "2", "--data.seq_len", "128",
-         "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
+        [sys.executable, str(RECIPE), "--max-steps", "3", "--data.batch_size", "2", "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
          "--eval-out", str(tmp_path / "eval")],
         cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON summary is the last stdout line
-    assert summary["train_len"] == 128 and summary["lengths"] == [256, 384]
-    assert set(summary["accuracy"]) == {"256", "384"} and set(summary["by_depth"]) == {"0", "1"}
+    assert summary["train_len"] == 256 and summary["lengths"] == [512, 768]
+    assert set(summary["accuracy"]) == {"512", "768"} and set(summary["by_depth"]) == {"0", "1"}
     assert summary["model"].startswith("models:/comet-passkey-tiny/")
     assert (tmp_path / "eval" / "passkey_heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["comet.global_gate"] == "learned"
-    assert {"eval/passkey/acc_256", "eval/passkey/acc_384"} <= set(run.data.metrics)
+    assert {"eval/passkey/acc_512", "eval/passkey/acc_768"} <= set(run.data.metrics)
     assert "train/loss" in run.data.metrics
     artifacts = [f.path for f in client.list_artifacts(run.info.run_id, "eval/passkey")]
     assert "eval/passkey/passkey_heatmap.png" in artifacts
