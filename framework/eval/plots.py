@@ -19,7 +19,9 @@ def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
             title: str, xlabel: str, ylabel: str, vmin: float = 0.0, vmax: float = 1.0) -> str:
     """values[i][j] for row label i and column label j, coloured red (vmin) to green (vmax), annotated."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(cols), 1), 1.0 + 0.55 * max(len(rows), 1)))
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 1.1 * len(cols)), 1.4 + 0.55 * max(len(rows), 1)))
     image = ax.imshow(values, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), labels=list(cols))
     ax.set_yticks(range(len(rows)), labels=list(rows))
@@ -28,7 +30,7 @@ def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 40)), fontsize=9)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
