@@ -40,12 +40,9 @@ def _run_model_uri(client, run_id: str) -> str:
     """The models:/ URI of what run `run_id` logged: its newest registered version, else its logged model."""
     import mlflow
 
-    try:
-        client.get_run(run_id)
-    except Exception as err:  # noqa: BLE001 - MlflowException or a connection error
-        raise ModelURIError(f"runs:/{run_id}: no such MLflow run in this tracking store ({str(err).splitlines()[0]}). "
-                            "Fix: copy the run id from the MLflow UI, and pass --tracking-uri of the store it was "
-                            "logged to") from None
+    from framework.tracking.store import require_run
+
+    require_run(client, run_id, "--model", f"runs:/{run_id}", ModelURIError)
     versions = client.search_model_versions(f"run_id = '{run_id}'")
     if versions:
         newest = max(versions, key=lambda v: int(v.version))

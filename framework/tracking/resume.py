@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from framework.tracking.checkpoints import CheckpointError, newest_run_checkpoint, read_manifest
+from framework.tracking.store import require_run
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,7 @@ def plan_resume(resume: str | None, client, experiment_id: str | None, run_name:
         return ResumePlan()
     if resume.startswith("runs:/"):
         run_id = resume[len("runs:/"):].strip("/").split("/")[0]
-        try:
-            client.get_run(run_id)
-        except Exception as err:  # noqa: BLE001 - MlflowException or a connection error
-            raise CheckpointError(f"--resume {resume}: no such MLflow run in this tracking store ({_short(err)}). "
-                                  "Fix: check the run id in the MLflow UI, and that --tracking-uri points at the "
-                                  "store the run was logged to") from None
+        require_run(client, run_id, "--resume", resume, CheckpointError)
         artifact = newest_run_checkpoint(client, run_id)
         if artifact is None:
             raise CheckpointError(f"--resume {resume}: the run has no complete checkpoint under checkpoints/. "

@@ -93,3 +93,13 @@ def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
                                 "--tracking.experiment with another name")
         return exp.experiment_id
     return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def require_run(client, run_id: str, flag: str, uri: str, error: type[Exception] = TrackingError):
+    """client.get_run(run_id), or `error` naming the flag, the URI and the fix when the store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except Exception as err:  # noqa: BLE001 - MlflowException or a connection error
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise error(f"{flag} {uri}: no such MLflow run in this tracking store ({reason}). Fix: check the run id in "
+                    "the MLflow UI, and that --tracking-uri points at the store the run was logged to") from None

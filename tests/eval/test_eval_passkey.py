@@ -179,3 +179,11 @@ def test_label_needle_labels_exactly_the_keys_second_mention():
         key = plain.key(i)
         assert tok.decode(b["input_ids"][extra].tolist()) == key
         assert tok.decode(b["input_ids"][extra[-1] + 1:extra[-1] + 6].tolist()).startswith(" is the pass key")
+
+
+def test_a_run_that_does_not_exist_is_a_clear_error(tmp_path, capsys):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, stdout, stderr = longctx(["eval", "passkey", "--model", "runs:/0123456789abcdef0123456789abcdef",
+                                    "--tracking-uri", store, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and stdout == ""
+    assert "no such MLflow run" in stderr and "Fix" in stderr
