@@ -393,16 +393,10 @@ class CoMeTForCausalLM(nn.Module):
         else:
             raise ValueError(f"schedule={schedule!r}: use 'layer_major' or 'chunk_major'")
 
-        loss_sum, logits = None, []
-        for x, (s, e, p) in zip(xs, plans):
-            part_loss, part_logits = self._head(x, p, None if targets is None else targets[:, s:e], return_logits)
-            if part_loss is not None:
-                loss_sum = part_loss if loss_sum is None else loss_sum + part_loss
-            if part_logits is not None:
-                logits.append(part_logits)
-        out = CoMeTOutput(logits=torch.cat(logits, dim=1) if logits else None, memory=memory)
+        loss_sum, num_tokens, logits = self.head_block(xs, plans, targets, return_logits)
+        out = CoMeTOutput(logits=logits, memory=memory)
         if targets is not None:
-            out.num_tokens = (targets != -100).sum()
+            out.num_tokens = num_tokens
             out.loss_sum = loss_sum
             out.loss = loss_sum / out.num_tokens.clamp(min=1)
         return out
