@@ -16,7 +16,7 @@ import sys
 
 from framework.launch.config import DataConfig, JobConfig, LaunchConfig
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig
+from framework.methods.base_model import BaseModelConfig, tiny_qwen3
 from framework.methods.optim import OptimConfig
 from framework.models.comet import CoMeTConfig
 from framework.tracking.store import TrackingConfig
@@ -36,10 +36,7 @@ def paper() -> JobConfig:
 
 def tiny() -> JobConfig:
     return JobConfig(
-        model=BaseModelConfig(base="random:qwen3", tokenizer="project",
-                              arch=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                        max_position_embeddings=4096)),
+        model=tiny_qwen3(),
         comet=CoMeTConfig(chunk_size=64, global_mem_size=8, temp_stride=8, temp_budget=64),
         method=OptimConfig(lr=3e-3, memory_lr_multiplier=5.0, warmup_steps=5, grad_clip=1.5),
         data=DataConfig(kind="passkey", seq_len=256, batch_size=2, num_samples=4096, epochs=1),

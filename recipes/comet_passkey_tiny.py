@@ -29,7 +29,7 @@ import sys
 from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER
 from framework.launch.config import DataConfig, JobConfig, LaunchConfig
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig
+from framework.methods.base_model import tiny_qwen3
 from framework.methods.optim import OptimConfig
 from framework.models.comet import CoMeTConfig
 from framework.tracking.store import TrackingConfig
@@ -39,10 +39,7 @@ TRAIN_LEN = 256
 
 def tiny() -> JobConfig:
     return JobConfig(
-        model=BaseModelConfig(base="random:qwen3", tokenizer="project",
-                              arch=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                        max_position_embeddings=4096)),
+        model=tiny_qwen3(hidden_size=128),
         comet=CoMeTConfig(chunk_size=32, global_mem_size=8, temp_stride=8, temp_budget=8, adapter_rank=8),
         method=OptimConfig(lr=2e-3, memory_lr_multiplier=1.0, warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1),
         data=DataConfig(kind="passkey", seq_len=TRAIN_LEN, batch_size=32, num_samples=200_000, epochs=1,

@@ -53,8 +53,6 @@ TINY_LENGTHS = "256,512,1024"
 DEFAULT_WINDOW, TINY_WINDOW = 4096, 128
 WARMUP_LENGTH = 32
 
-TINY_ARCH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 4096}
 TINY_COMET = {"chunk_size": 128, "global_mem_size": 8, "temp_stride": 8, "temp_budget": 64}
 
 
@@ -133,10 +131,10 @@ def build_tiny_model(seed: int = 0, comet: dict | None = None):
     """A tiny random qwen3 CoMeT model on the project tokenizer: (model, tokenizer)."""
     import torch
 
-    from framework.methods.base_model import BaseModelConfig, build_base_model, load_tokenizer
+    from framework.methods.base_model import build_base_model, load_tokenizer, tiny_qwen3
     from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
 
-    cfg = BaseModelConfig(base="random:qwen3", tokenizer="project", arch=dict(TINY_ARCH))
+    cfg = tiny_qwen3()
     tokenizer = load_tokenizer(cfg)
     base = build_base_model(cfg, vocab_size=len(tokenizer), seed=seed)
     with torch.random.fork_rng():

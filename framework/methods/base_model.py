@@ -39,6 +39,13 @@ class BaseModelConfig:
                                  "Fix: drop model.arch, or use a random base")
 
 
+def tiny_qwen3(hidden_size: int = 64) -> BaseModelConfig:
+    """A random 2-layer Qwen3 (4 heads, 2 KV heads, MLP 2x hidden) on the project tokenizer: the tiny presets' base."""
+    arch = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=hidden_size // 4, max_position_embeddings=4096)
+    return BaseModelConfig(base=RANDOM_PREFIX + "qwen3", tokenizer="project", arch=arch)
+
+
 def load_tokenizer(cfg: BaseModelConfig):
     from transformers import AutoTokenizer
 
