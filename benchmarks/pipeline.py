@@ -99,7 +99,7 @@ def worker(rank, world, args, port, queue):
     import torch.distributed as dist
 
     sys.path.insert(0, ROOT)
-    from framework.methods.comet import global_token_mean
+    from framework.methods.lm_module import global_token_mean
     from framework.strategies.layer_pipeline import all_reduce_mean
     from framework.strategies.mesh import PipelineMesh
     from framework.strategies.p2p import PeerLink

@@ -7,10 +7,13 @@ Kinds and their keys (defaults in brackets):
 - both synthetic kinds also take ``seq_len_schedule`` [None]: ``[[start_sample, length], ...]``, a length
   curriculum by global sample position (see ``data_pipelines.schedule``)
 - ``store_windows``: path, seq_len, packing ["concat"], num_samples [None: all windows], seed [0], storage_options [None]
+- ``text``: seq_len, path [None: the shipped novels], field ["text"], split ["train"|"validation"|"all"],
+  validation_fraction [0.05], num_samples [None], seed [0], storage_options [None]: natural text tokenized
+  in memory (``data_pipelines.text``)
 - ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
   storage_options [None]
 
-For ``store_windows`` and ``chat``, ``num_samples`` keeps a seeded random subset of that
+For ``store_windows``, ``text`` and ``chat``, ``num_samples`` keeps a seeded random subset of that
 many windows (it must not exceed the number of windows); ``seed`` picks that subset.
 
 Every kind also takes ``chunking``: None, or ``{"strategy": "fixed"|"right_aligned"|"random"|
@@ -36,6 +39,8 @@ KINDS: dict[str, dict[str, Any]] = {
                "filler": None, "seq_len_schedule": None},
     "store_windows": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "concat", "num_samples": None, "seed": 0,
                       "storage_options": None},
+    "text": {"seq_len": _REQUIRED, "path": None, "field": "text", "split": "train", "validation_fraction": 0.05,
+             "num_samples": None, "seed": 0, "storage_options": None},
     "chat": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "aligned", "field": "messages", "on_bad_record": "fail",
              "num_samples": None, "seed": 0, "storage_options": None},
 }
@@ -77,7 +82,8 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise DataConfigError(f"data spec {key}={value!r} must be an int (got {type(value).__name__}), e.g. {_example(key)}.")
     if "seq_len" in out and out["seq_len"] < 2:
         raise DataConfigError(f"data spec seq_len={out['seq_len']} must be >= 2 tokens, e.g. 4096.")
-    if "path" in out and (not isinstance(out["path"], (str, list, tuple)) or not out["path"]):
+    if "path" in out and (not isinstance(out["path"], (str, list, tuple)) or not out["path"]) \
+            and not (kind == "text" and out["path"] is None):
         raise DataConfigError(f"data spec path={out['path']!r} must be a non-empty URI (or a list of URIs).")
     if out.get("seq_len_schedule") is not None:
         from data_pipelines.schedule import check_schedule
@@ -148,6 +154,12 @@ def build_source(spec: Mapping[str, Any], tokenizer):
                 "Use the same tokenizer, or prepare the store again with --tokenizer."
             )
         source = StoreWindows(store, spec["seq_len"], spec["packing"], num_samples=spec["num_samples"], seed=spec["seed"])
+    elif kind == "text":
+        from data_pipelines.text import TextWindows
+
+        source = TextWindows(tokenizer, spec["seq_len"], path=spec["path"], field=spec["field"], split=spec["split"],
+                             validation_fraction=spec["validation_fraction"], num_samples=spec["num_samples"],
+                             seed=spec["seed"], storage_options=spec["storage_options"])
     else:
         from data_pipelines.chat import ChatSource
 

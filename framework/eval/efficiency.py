@@ -10,8 +10,8 @@ Methods (--methods), all on the same weights:
            and the KV cache keeps only the last window-1 tokens (transformers' sliding cache layers).
            transformers builds the prefill's sliding mask as a length x length tensor, so the sliding
            prefill's memory grows with length squared while its decode memory stays bounded.
-           Supported for mistral, qwen2 and qwen3 backbones, whose attention honours
-           ``config.sliding_window``; for other families (e.g. llama) it is skipped with the reason.
+           Supported for llama, mistral, qwen2 and qwen3 backbones (framework.models.sliding: a llama
+           backbone runs as the identical mistral architecture); other families are skipped with the reason.
 
 Decoding is greedy; logits are computed for the last position only (``logits_to_keep=1`` for the
 backbone, ``logits="last"`` for CoMeT). Prompts are random token ids (speed does not depend on
@@ -45,8 +45,9 @@ import statistics
 import time
 import warnings
 
+from framework.models.sliding import SlidingWindowError, sliding_window_model
+
 METHODS = ("comet", "full", "sliding")
-SLIDING_FAMILIES = ("mistral", "qwen2", "qwen3")
 DEFAULT_OUT = os.path.join("outputs", "bench", "efficiency")
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384"
 TINY_LENGTHS = "256,512,1024"
@@ -141,50 +142,6 @@ def build_tiny_model(seed: int = 0, comet: dict | None = None):
         torch.manual_seed(seed)
         model = CoMeTForCausalLM.from_base(base, CoMeTConfig(**(comet or TINY_COMET)))
     return model.eval(), tokenizer
-
-
-def sliding_window_model(backbone, window: int):
-    """The backbone's weights (shared, not copied) in a model whose every layer attends to `window` tokens.
-
-    Raises EfficiencyArgumentError for families whose attention ignores config.sliding_window.
-    """
-    import copy
-
-    import torch
-
-    family = getattr(backbone.config, "model_type", None)
-    if family not in SLIDING_FAMILIES:
-        raise EfficiencyArgumentError(
-            f"sliding-window attention needs a {'/'.join(SLIDING_FAMILIES)} backbone (their attention honours "
-            f"config.sliding_window); this one is {family!r}. Fix: drop 'sliding' from --methods")
-    cfg = copy.deepcopy(backbone.config)
-    cfg.sliding_window = window
-    if hasattr(cfg, "use_sliding_window"):
-        cfg.use_sliding_window = True
-    if hasattr(cfg, "max_window_layers"):
-        cfg.max_window_layers = 0
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
-    with torch.device("meta"):
-        model = type(backbone)(cfg)
-    for name, tensor in list(backbone.named_parameters(remove_duplicate=False)) + \
-            list(backbone.named_buffers(remove_duplicate=False)):
-        owner, _, attr = name.rpartition(".")
-        module = model.get_submodule(owner)
-        if attr in module._parameters:
-            module._parameters[attr] = tensor
-        else:
-            module._buffers[attr] = tensor
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise EfficiencyArgumentError(f"could not share the backbone's weights with the sliding-window model "
-                                      f"({leftover[:3]} unset). Fix: drop 'sliding' from --methods")
-    for layer in model.model.layers:
-        seen = getattr(layer.self_attn, "sliding_window", cfg.sliding_window)
-        if seen != window:
-            raise EfficiencyArgumentError(f"the {family} sliding-window model did not take window={window} "
-                                          f"(a layer has {seen}). Fix: drop 'sliding' from --methods")
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------- runners
@@ -375,8 +332,8 @@ def benchmark(model, methods, lengths, decode_tokens: int, window: int, repeats:
             runners[method] = HFRunner(backbone)
         else:
             try:
-                runners[method] = HFRunner(sliding_window_model(backbone, window))
-            except EfficiencyArgumentError as err:
+                runners[method] = HFRunner(sliding_window_model(backbone, window).eval())
+            except SlidingWindowError as err:
                 unavailable[method] = str(err)
                 log(f"sliding skipped: {err}")
     vocab = backbone.get_input_embeddings().num_embeddings

@@ -1,8 +1,14 @@
-"""The job a recipe composes: model, method, data, launch and tracking sections."""
+"""The job a recipe composes: model, method, data, launch and tracking sections.
+
+`TrainJob` holds the sections every method shares; each method's job adds its own section and
+names the method (`METHOD`), which `framework.methods.registry` maps to its model and
+LightningModule. `JobConfig` is CoMeT's job.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from framework.config import ConfigError
 from framework.methods.base_model import BaseModelConfig
@@ -84,9 +90,12 @@ class LaunchConfig:
 
 
 @dataclass
-class JobConfig:
+class TrainJob:
+    """The sections of every method's job. Subclasses set METHOD and add the method's section."""
+
+    METHOD: ClassVar[str] = ""
+
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
-    comet: CoMeTConfig = field(default_factory=CoMeTConfig)
     method: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -102,3 +111,12 @@ class JobConfig:
         if self.launch.precision != "auto":
             return self.launch.precision
         return "bf16-mixed" if self.launch.use_gpu else "32-true"
+
+
+@dataclass
+class JobConfig(TrainJob):
+    """CoMeT's job: the shared sections plus `comet`, the memory settings."""
+
+    METHOD: ClassVar[str] = "comet"
+
+    comet: CoMeTConfig = field(default_factory=CoMeTConfig)

@@ -50,7 +50,7 @@ def build_parser(description: str, presets: Sequence[str], default: str) -> argp
     return p
 
 
-def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
+def compose(args, overrides: list[str], presets: Mapping[str, Callable], flag_fields: Mapping[str, str] | None = None):
     cfg = presets[args.preset]()
     if args.config:
         import dataclasses
@@ -70,6 +70,7 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
         "launch.max_steps": args.max_steps, "launch.num_workers": args.num_workers, "launch.use_gpu": args.use_gpu,
         "tracking.tracking_uri": args.tracking_uri, "tracking.model_name": args.model_name,
         "launch.run_name": args.run_name,
+        **{field: getattr(args, dest) for dest, field in (flag_fields or {}).items()},
     }
     tokens = []
     for key, value in flag_overrides.items():
@@ -81,13 +82,15 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable]):
 def main(presets: Mapping[str, Callable], default: str, description: str, argv: Sequence[str] | None = None,
          add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
          check: Callable[[argparse.Namespace, object], None] | None = None,
-         after: Callable[[argparse.Namespace, object, object], int] | None = None) -> int:
+         after: Callable[[argparse.Namespace, object, object], int] | None = None,
+         flag_fields: Mapping[str, str] | None = None) -> int:
     """Parse, compose the config, train on Ray, register; then `after(args, cfg, result)` if given.
 
     add_flags adds recipe-specific flags to the parser. check(args, cfg) vets them before anything
     starts (a ValueError is bad input: exit 2). after runs on the driver once the job has finished
     and registered a model (e.g. an evaluation of it, at ``result.pinned_model_uri``); its return
-    value is the exit status.
+    value is the exit status. flag_fields maps the dest of a recipe flag to the config field it sets
+    (e.g. {"attention": "attention.kind"}); like the common flags, it applies after the preset.
     """
     from framework.launch.run import LaunchError, run_job
     from framework.methods.base_model import BaseModelError
@@ -101,7 +104,7 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
         add_flags(parser)
     args = parser.parse_args(flags)
     try:
-        cfg = compose(args, overrides, presets)
+        cfg = compose(args, overrides, presets, flag_fields)
     except (ConfigError, OSError) as err:
         parser.error(str(err))
     if args.help_config:

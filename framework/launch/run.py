@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from framework.config import ConfigError, to_dict
-from framework.launch.config import PIPELINE_STRATEGY, JobConfig
+from framework.launch.config import PIPELINE_STRATEGY, TrainJob
+from framework.methods.registry import method_for
 from framework.tracking.store import (TrackingError, check_store, default_artifact_location, ensure_experiment,
                                       resolve_tracking_uri)
 
@@ -42,28 +43,13 @@ class JobResult:
         return f"models:/{name}/{self.registered_version}"
 
 
-def validate(cfg: JobConfig) -> None:
-    """Checks across sections, before any worker starts."""
-    if cfg.data.seq_len <= cfg.comet.chunk_size:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
-                          "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
-    gated = cfg.comet.uses_global_memory and cfg.comet.global_gate == "learned"
-    schedule = cfg.data.options.get("seq_len_schedule") or []
-    shortest = min([cfg.data.seq_len] + [p[1] for p in schedule if isinstance(p, (list, tuple)) and len(p) == 2
-                                         and isinstance(p[1], int)])
-    if gated and shortest <= 2 * cfg.comet.chunk_size:
-        raise ConfigError(f"data.seq_len={shortest} (the shortest scheduled length) is only two chunks of comet.chunk_size={cfg.comet.chunk_size}: "
-                          "the global-memory gate first acts on the third chunk, so it would get no gradient (and "
-                          "DDP stops on unused parameters). Fix: seq_len > 2 x chunk_size, or lower chunk_size")
-    if cfg.launch.strategy == PIPELINE_STRATEGY:
-        from framework.strategies.mesh import PipelineConfigError, check_job
-
-        try:
-            check_job(cfg.data.seq_len, cfg.comet.chunk_size, cfg.launch.num_workers, cfg.launch.pipeline_size)
-        except PipelineConfigError as err:
-            raise ConfigError(f"{err} (data.seq_len={cfg.data.seq_len}, comet.chunk_size={cfg.comet.chunk_size}, "
-                              f"launch.num_workers={cfg.launch.num_workers}, "
-                              f"launch.pipeline_size={cfg.launch.pipeline_size})") from None
+def validate(cfg: TrainJob) -> None:
+    """Checks across sections, before any worker starts: the method's own, then the shared ones."""
+    spec = method_for(cfg)
+    if cfg.launch.strategy == PIPELINE_STRATEGY and not spec.pipeline:
+        raise ConfigError(f"launch.strategy=pipeline is CoMeT's layer pipeline over chunks; the {spec.name!r} method "
+                          "has no chunks to split. Fix: --launch.strategy ddp (or fsdp)")
+    spec.validate(cfg)
     import data_pipelines
     from data_pipelines.factory import validate_spec
 
@@ -77,7 +63,7 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("launch.precision=16-mixed needs a GPU. Fix: --launch.precision 32-true, or --use-gpu")
 
 
-def flat_params(cfg: JobConfig) -> dict:
+def flat_params(cfg: TrainJob) -> dict:
     out = {}
 
     def walk(prefix, value):
@@ -107,7 +93,7 @@ def connect_ray() -> None:
             "local cluster") from None
 
 
-def _storage(cfg: JobConfig) -> tuple[str, object | None]:
+def _storage(cfg: TrainJob) -> tuple[str, object | None]:
     """Ray's storage_path (absolute for local paths) and, for fsspec-only schemes, a pyarrow filesystem."""
     path = cfg.launch.storage_path or str(Path.cwd() / "outputs" / "ray")
     if "://" not in path:
@@ -129,7 +115,7 @@ def _storage(cfg: JobConfig) -> tuple[str, object | None]:
         return root, handler
 
 
-def _open_run(cfg: JobConfig, client, uri: str, resume: str | None):
+def _open_run(cfg: TrainJob, client, uri: str, resume: str | None):
     from framework.tracking.resume import plan_resume
 
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, default_artifact_location(uri))
@@ -151,7 +137,7 @@ def _open_run(cfg: JobConfig, client, uri: str, resume: str | None):
     return run_id, plan
 
 
-def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
+def run_job(cfg: TrainJob, resume: str | None = None) -> JobResult:
     from mlflow import MlflowClient
 
     validate(cfg)
@@ -172,7 +158,8 @@ def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
     storage_path, storage_fs = _storage(cfg)
     spill_dir = str(Path.cwd() / "outputs" / "mlflow-backlog")
     payload = {
-        "job": to_dict(cfg), "run_id": run_id, "tracking_uri": uri, "total_steps": steps, "spill_dir": spill_dir,
+        "method": type(cfg).METHOD, "job": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
+        "total_steps": steps, "spill_dir": spill_dir,
         "resume": dataclasses.asdict(plan),
     }
     try:
@@ -190,7 +177,7 @@ def run_job(cfg: JobConfig, resume: str | None = None) -> JobResult:
                      checkpoint_path=result.checkpoint.path if result.checkpoint else None)
 
 
-def _fit(cfg: JobConfig, payload: dict, run_id: str, storage_path: str, storage_fs):
+def _fit(cfg: TrainJob, payload: dict, run_id: str, storage_path: str, storage_fs):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -220,7 +207,7 @@ def _fit(cfg: JobConfig, payload: dict, run_id: str, storage_path: str, storage_
         ) from err
 
 
-def _register(cfg: JobConfig, checkpoint, run_id: str, uri: str):
+def _register(cfg: TrainJob, checkpoint, run_id: str, uri: str):
     import mlflow
 
     from framework.launch.checkpointing import EXPORT_DIR

@@ -14,34 +14,17 @@ import torch
 
 from framework.config import from_dict
 from framework.launch.checkpointing import DataCursor, StepCheckpointReport
-from framework.launch.config import JobConfig
+from framework.launch.config import TrainJob
 from framework.launch.data import build_source, rank_loader
+from framework.methods.registry import get_method, method_for
+from framework.models.loading import find_model_dir
 from framework.tracking.checkpoints import STATE_FILE, download_run_checkpoint, read_manifest
 
 
-def find_comet_dir(root: str) -> str:
-    """The directory written by CoMeTForCausalLM.save_pretrained inside a downloaded model."""
-    from framework.models.comet.modeling import COMET_CONFIG
-
-    for dirpath, _, files in os.walk(root):
-        if COMET_CONFIG in files:
-            return dirpath
-    raise FileNotFoundError(f"no CoMeT model (comet_config.json) under {root}")
-
-
-def build_model(cfg: JobConfig, tokenizer, init_dir: str | None = None):
-    from framework.methods.base_model import build_base_model
-    from framework.models.comet import CoMeTForCausalLM
-
-    if init_dir is not None:
-        model = CoMeTForCausalLM.from_pretrained(init_dir)
-    else:
-        base = build_base_model(cfg.model, vocab_size=len(tokenizer), seed=cfg.launch.seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.launch.seed + 1)
-            model = CoMeTForCausalLM.from_base(base, cfg.comet)
-    if cfg.comet.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+def build_model(cfg: TrainJob, tokenizer, init_dir: str | None = None):
+    """The method's model: from a saved directory (registered weights), else fresh per cfg.model."""
+    spec = method_for(cfg)
+    model = spec.load_model(init_dir) if init_dir is not None else spec.build_model(cfg, tokenizer)
     return model.train()
 
 
@@ -72,10 +55,10 @@ def _init_weights_dir(payload: dict, scratch: str) -> str | None:
     mlflow.set_tracking_uri(payload["tracking_uri"])
     mlflow.set_registry_uri(payload["tracking_uri"])
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=os.path.join(scratch, "init"))
-    return find_comet_dir(local)
+    return find_model_dir(local)
 
 
-def _strategy(cfg: JobConfig):
+def _strategy(cfg: TrainJob):
     from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy
 
     if cfg.launch.strategy == "fsdp":
@@ -84,12 +67,13 @@ def _strategy(cfg: JobConfig):
         from framework.strategies.ray_pipeline import RayLayerPipelineStrategy
 
         return RayLayerPipelineStrategy(pipeline_size=cfg.launch.pipeline_size, seq_len=cfg.data.seq_len,
-                                        chunk_size=cfg.comet.chunk_size)
+                                        chunk_size=cfg.comet.chunk_size)  # validate: only CoMeT runs here
     return RayDDPStrategy(find_unused_parameters=False)
 
 
-def _exporter(cfg: JobConfig, tokenizer):
+def _exporter(cfg: TrainJob, tokenizer):
     """Writes the trained model as a from_pretrained directory (safetensors) on rank 0."""
+    spec = method_for(cfg)
 
     def export(trainer, module, directory: str) -> None:
         state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP
@@ -100,7 +84,7 @@ def _exporter(cfg: JobConfig, tokenizer):
             model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
         else:
             model = module.model
-        model.save_pretrained(directory, tokenizer=tokenizer)
+        spec.save_model(model, directory, tokenizer)
 
     return export
 
@@ -111,10 +95,10 @@ def train_loop_per_worker(payload: dict) -> None:
     from ray.train.lightning import RayLightningEnvironment, prepare_trainer
 
     from framework.methods.base_model import load_tokenizer
-    from framework.methods.comet import CoMeTModule
     from framework.tracking.logger import MLflowRunLogger
 
-    cfg = from_dict(JobConfig, payload["job"])
+    spec = get_method(payload["method"])
+    cfg = from_dict(spec.job, payload["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     scratch = tempfile.mkdtemp(prefix=f"longctx-rank{rank}-")
@@ -151,7 +135,7 @@ def train_loop_per_worker(payload: dict) -> None:
         cfg.launch.checkpoint_every_n_steps, cursor, payload["run_id"],
         mlflow_logger=logger if cfg.tracking.log_checkpoints else None,
         export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch)
-    module = CoMeTModule(model, cfg.method, payload["total_steps"])
+    module = spec.lightning_module(model, cfg, payload["total_steps"])
     trainer = pl.Trainer(
         max_steps=payload["total_steps"],
         accelerator="auto",

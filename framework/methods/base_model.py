@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 RANDOM_PREFIX = "random:"
-RANDOM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+RANDOM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "swat")  # swat: only the swat method builds it
 
 
 class BaseModelError(ValueError):
@@ -76,6 +76,12 @@ def build_base_model(cfg: BaseModelConfig, vocab_size: int, seed: int = 0):
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
             raise BaseModelError(f"model.base={path!r} is a directory without config.json. "
                                  "Fix: point at a directory written by save_pretrained")
+        from framework.models.loading import is_comet_dir
+
+        if is_comet_dir(path):
+            raise BaseModelError(f"model.base={path!r} is a saved CoMeT model, not a base model. Fix: to continue "
+                                 "training it use --resume (runs:/<id> or models:/<name>@<alias>); as a base, use "
+                                 "the backbone it was built from")
         try:
             return AutoModelForCausalLM.from_pretrained(path, attn_implementation=cfg.attn_implementation)
         except OSError as err:
@@ -83,6 +89,10 @@ def build_base_model(cfg: BaseModelConfig, vocab_size: int, seed: int = 0):
                 f"could not load model.base={path!r}: {err}. Fix: use a local directory, a model id in the local "
                 "Hugging Face cache, or 'random:<family>' for a tiny random model") from err
     family = cfg.base[len(RANDOM_PREFIX):]
+    if family == "swat":
+        raise BaseModelError(f"model.base={cfg.base!r}: a SWAT model is built by the swat method "
+                             "(recipes/swat_pretrain.py), not as another method's base. Fix: use a saved SWAT "
+                             "directory, or one of " + str([RANDOM_PREFIX + f for f in RANDOM_FAMILIES[:-1]]))
     arch = {"vocab_size": vocab_size, **cfg.arch}
     try:
         hf_cfg = AutoConfig.for_model(family, **arch)

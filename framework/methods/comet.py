@@ -1,76 +1,26 @@
-"""CoMeT as a LightningModule: global token-mean loss, AdamW groups, warmup + cosine, metrics.
+"""CoMeT as a method: its LightningModule, how its model is built and saved, and its own checks.
 
-The module wraps a built `CoMeTForCausalLM`; launch code decides where its weights come from.
+The module wraps a built `CoMeTForCausalLM`; the memory modules train at lr x memory_lr_multiplier.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import resource
-import sys
-import time
-
-import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 
-from framework.methods.optim import OptimConfig, build_optimizer
+from framework.config import ConfigError
+from framework.launch.config import PIPELINE_STRATEGY, JobConfig
+from framework.methods.lm_module import TokenLossModule
+from framework.methods.registry import MethodSpec
 from framework.models.comet import CoMeTForCausalLM
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on GPU; peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+class CoMeTModule(TokenLossModule):
+    """Trains a CoMeT model: the loss is the global token mean over every labelled token."""
 
+    def added_parameters(self):
+        return self.model.memory_parameters()
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def global_token_mean(loss_sum: torch.Tensor, num_tokens: torch.Tensor, world_size: int, batch_tokens: int):
-    """The loss to backpropagate on this rank so that data-parallel gradient averaging yields the
-    gradient of sum(loss over every labelled token of every rank) / (labelled tokens of every rank).
-
-    Returns (loss_for_backward, global mean loss, global labelled tokens, global input tokens)."""
-    stats = torch.stack([num_tokens.float().detach(), loss_sum.detach().float(),
-                         torch.tensor(float(batch_tokens), device=loss_sum.device)])
-    stats = _all_reduce_sum(stats)
-    global_tokens = stats[0].clamp(min=1.0)
-    return loss_sum * world_size / global_tokens, stats[1] / global_tokens, stats[0], stats[2]
-
-
-class CoMeTModule(pl.LightningModule):
-    """Trains a CoMeT model. The loss is the mean over every labelled token of the global batch
-    (all ranks), not a mean of per-rank means, so ranks with more answer tokens weigh more."""
-
-    def __init__(self, model: CoMeTForCausalLM, optim: OptimConfig, total_steps: int):
-        super().__init__()
-        self.model = model
-        self.optim = optim
-        self.total_steps = total_steps
-        self._step_started = None
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        opt, sched = build_optimizer(self.model, self.model.memory_parameters(), self.optim, self.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        if self.optim.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
-
-    # ------------------------------------------------------------------ steps
-    def on_train_batch_start(self, batch, batch_idx):
-        self._step_started = time.perf_counter()
-
-    def training_step(self, batch, batch_idx):
+    def loss_sum(self, batch):
         out = self.model(
             input_ids=batch["input_ids"],
             labels=batch["labels"],
@@ -78,41 +28,52 @@ class CoMeTModule(pl.LightningModule):
             document_ids=batch.get("document_ids"),
             return_logits=False,
         )
-        loss, mean, labelled, tokens = global_token_mean(out.loss_sum, out.num_tokens, self.trainer.world_size,
-                                                         batch["input_ids"].numel())
-        self._last = {"loss": mean.item(), "tokens_in_batch": tokens.item(), "labelled_tokens": labelled.item()}
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
-        last = self._last
-        metrics = {
-            "train/loss": last["loss"],
-            "train/ppl": math.exp(min(last["loss"], 50.0)),
-            "train/tokens_per_s": last["tokens_in_batch"] / max(elapsed, 1e-9),
-            "train/labelled_tokens": last["labelled_tokens"],
-            "train/peak_mem_mb": peak_memory_mb(self.device),
-        }
-        opt = self.trainer.optimizers[0]
-        for group in opt.param_groups:
-            metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, rank_zero_only=True, batch_size=1)
-        self.log("loss", last["loss"], prog_bar=True, rank_zero_only=True, logger=False, batch_size=1)
-
-    # ------------------------------------------------------------------ state beyond Lightning's own
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint):
-        rng = checkpoint.get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            random.setstate(_as_tuple(rng["python"]))
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        return out.loss_sum, out.num_tokens
 
 
-def _as_tuple(state):
-    return tuple(_as_tuple(s) if isinstance(s, list) else s for s in state)
+def build_model(cfg: JobConfig, tokenizer) -> CoMeTForCausalLM:
+    """The base model of cfg.model (pretrained or random) with CoMeT's memory plugged in."""
+    from framework.methods.base_model import build_base_model
+
+    base = build_base_model(cfg.model, vocab_size=len(tokenizer), seed=cfg.launch.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.launch.seed + 1)
+        model = CoMeTForCausalLM.from_base(base, cfg.comet)
+    if cfg.comet.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def validate(cfg: JobConfig) -> None:
+    if cfg.data.seq_len <= cfg.comet.chunk_size:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
+                          "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
+    gated = cfg.comet.uses_global_memory and cfg.comet.global_gate == "learned"
+    schedule = cfg.data.options.get("seq_len_schedule") or []
+    shortest = min([cfg.data.seq_len] + [p[1] for p in schedule if isinstance(p, (list, tuple)) and len(p) == 2
+                                         and isinstance(p[1], int)])
+    if gated and shortest <= 2 * cfg.comet.chunk_size:
+        raise ConfigError(f"data.seq_len={shortest} (the shortest scheduled length) is only two chunks of "
+                          f"comet.chunk_size={cfg.comet.chunk_size}: the global-memory gate first acts on the third "
+                          "chunk, so it would get no gradient (and DDP stops on unused parameters). "
+                          "Fix: seq_len > 2 x chunk_size, or lower chunk_size")
+    if cfg.launch.strategy == PIPELINE_STRATEGY:
+        from framework.strategies.mesh import PipelineConfigError, check_job
+
+        try:
+            check_job(cfg.data.seq_len, cfg.comet.chunk_size, cfg.launch.num_workers, cfg.launch.pipeline_size)
+        except PipelineConfigError as err:
+            raise ConfigError(f"{err} (data.seq_len={cfg.data.seq_len}, comet.chunk_size={cfg.comet.chunk_size}, "
+                              f"launch.num_workers={cfg.launch.num_workers}, "
+                              f"launch.pipeline_size={cfg.launch.pipeline_size})") from None
+
+
+def _save(model: CoMeTForCausalLM, directory: str, tokenizer) -> None:
+    model.save_pretrained(directory, tokenizer=tokenizer)
+
+
+METHOD = MethodSpec(
+    name="comet", job=JobConfig, build_model=build_model, load_model=CoMeTForCausalLM.from_pretrained,
+    save_model=_save, lightning_module=lambda model, cfg, steps: CoMeTModule(model, cfg.method, steps),
+    validate=validate, pipeline=True,
+)

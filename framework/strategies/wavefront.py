@@ -32,7 +32,7 @@ def pipeline_forward(model: CoMeTForCausalLM, link: PeerLink, pipeline_rank: int
     """This rank's part of the forward. Every rank of the pipeline group passes the same whole sequence.
 
     Returns loss_sum and num_tokens over this rank's chunks only (reduce them over the world for the
-    global token mean; `framework.methods.comet.global_token_mean` does), logits of this rank's chunks,
+    global token mean; `framework.methods.lm_module.global_token_mean` does), logits of this rank's chunks,
     and the memory after this rank's last chunk. loss_sum carries a zero term that keeps the memory this
     rank only sends in the graph: backpropagate through loss_sum (or anything built from it)."""
     if schedule not in SCHEDULES:

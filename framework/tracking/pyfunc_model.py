@@ -1,9 +1,10 @@
-"""CoMeT text generation as an MLflow pyfunc, logged as *models from code*.
+"""Text generation with any longctx model (CoMeT, SWAT, a baseline causal LM) as an MLflow pyfunc,
+logged as *models from code*.
 
 MLflow stores this file (not a pickle of an object) beside the model and runs it at load
 time; the ``mlflow.models.set_model`` call at the bottom tells MLflow which object is the
-model. The weights travel as a plain ``CoMeTForCausalLM.save_pretrained`` directory under the
-artifact name ``"model"`` (safetensors only, with the tokenizer files), so loading executes no
+model. The weights travel as a plain ``save_pretrained`` directory under the artifact name
+``"model"`` (safetensors only, with the tokenizer files), so loading executes no
 pickled code. ``framework.tracking.registry.log_and_register`` is the way to log it.
 
     model = mlflow.pyfunc.load_model("models:/comet-tiny@champion")
@@ -83,7 +84,7 @@ def prompts_from_input(model_input: Any) -> list[str]:
         if not isinstance(prompt, str):
             raise PromptError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
         if not prompt:
-            raise PromptError(f"prompt {i} is empty: CoMeT needs at least one prompt token to continue from")
+            raise PromptError(f"prompt {i} is empty: the model needs at least one prompt token to continue from")
     return prompts
 
 
@@ -123,18 +124,19 @@ def generation_kwargs(params: dict | None, default_max_new_tokens: int) -> tuple
     return max_new_tokens, kwargs, seed
 
 
-class CoMeTTextGenerator(PythonModel):
+class TextGenerator(PythonModel):
     """Prompt strings in, generated continuations out."""
 
     def load_context(self, context) -> None:
         import torch
         from transformers import AutoTokenizer
 
-        from framework.models.comet import CoMeTForCausalLM
+        from framework.models.loading import is_comet_dir, load_causal_lm
 
         directory = context.artifacts[MODEL_ARTIFACT]
+        self.is_comet = is_comet_dir(directory)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = CoMeTForCausalLM.from_pretrained(directory).to(self.device).eval()
+        self.model = load_causal_lm(directory).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         config = context.model_config or {}
         self.default_max_new_tokens = int(config.get(MAX_NEW_TOKENS_KEY, DEFAULT_MAX_NEW_TOKENS))
@@ -157,17 +159,30 @@ class CoMeTTextGenerator(PythonModel):
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         outputs = []
-        # CoMeT's chunk layout depends on the prompt length, so prompts are never padded
-        # into a batch: each one is generated on its own.
+        # CoMeT's chunk layout depends on the prompt length, and SWAT's rolling cache on the
+        # positions, so prompts are never padded into a batch: each one is generated on its own.
         for i, prompt in enumerate(prompts):
             input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.device)
             if input_ids.shape[1] == 0:
                 raise PromptError(f"prompt {i} ({prompt!r}) encodes to no tokens")
-            out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, generator=generator,
-                                      **sampling, **special)
+            out = self._generate(input_ids, max_new_tokens, generator, seed, sampling, special)
             new_tokens = out[0, input_ids.shape[1]:]
             outputs.append(self.tokenizer.decode(new_tokens.tolist(), skip_special_tokens=True))
         return outputs
 
 
-mlflow.models.set_model(CoMeTTextGenerator())
+    def _generate(self, input_ids, max_new_tokens: int, generator, seed, sampling: dict, special: dict):
+        import torch
+
+        if self.is_comet:  # CoMeT's own generate takes a torch.Generator
+            return self.model.generate(input_ids, max_new_tokens=max_new_tokens, generator=generator,
+                                       **sampling, **special)
+        hf_sampling = {k: v for k, v in sampling.items() if v is not None and (sampling["do_sample"] or k == "do_sample")}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:  # transformers' generate samples from the global RNG
+                torch.manual_seed(seed)
+            return self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                       max_new_tokens=max_new_tokens, min_new_tokens=0, **hf_sampling, **special)
+
+
+mlflow.models.set_model(TextGenerator())

@@ -1,4 +1,5 @@
-"""Log a trained CoMeT model as an MLflow model, register it, and move an alias to it.
+"""Log a trained model (CoMeT, SWAT or a baseline causal LM) as an MLflow model, register it, and
+move an alias to it.
 
     from framework.tracking.registry import log_and_register
     model.save_pretrained("out/final", tokenizer=tokenizer)      # safetensors + tokenizer files
@@ -25,10 +26,10 @@ from urllib.parse import urlparse
 PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"  # must match pyfunc_model.MODEL_ARTIFACT
 MAX_NEW_TOKENS_KEY = "default_max_new_tokens"  # must match pyfunc_model.MAX_NEW_TOKENS_KEY
-MODEL_TYPE = "comet-causal-lm"
+MODEL_TYPES = {True: "comet-causal-lm", False: "causal-lm"}  # by whether the directory is a CoMeT one
 INPUT_EXAMPLE = ["Once upon a time"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-REQUIRED_FILES = ("config.json", "comet_config.json", "comet.safetensors")
+COMET_FILES = ("config.json", "comet_config.json", "comet.safetensors")
 BACKBONE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PINNED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
@@ -55,19 +56,22 @@ class RegisteredModel:
 
 
 def check_model_dir(model_dir) -> Path:
-    """Raise RegistryError unless `model_dir` is a complete, pickle-free CoMeT save_pretrained directory."""
+    """Raise RegistryError unless `model_dir` is a complete, pickle-free save_pretrained directory:
+    a CoMeT one (comet_config.json) or a plain Hugging Face causal LM, with its tokenizer."""
     directory = Path(model_dir)
-    save_hint = "Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)"
+    save_hint = ("Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer), or for "
+                 "another causal LM model.save_pretrained(model_dir) and tokenizer.save_pretrained(model_dir)")
     if not directory.is_dir():
         raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. {save_hint}")
     names = {p.name for p in directory.iterdir()}
-    missing = [name for name in REQUIRED_FILES if name not in names]
+    required = COMET_FILES if "comet_config.json" in names else ("config.json",)
+    missing = [name for name in required if name not in names]
     if not any(name in names for name in BACKBONE_WEIGHTS):
         missing.append(" or ".join(BACKBONE_WEIGHTS))
     if not any(name in names for name in TOKENIZER_FILES):
         missing.append(" or ".join(TOKENIZER_FILES) + " (the tokenizer; pass tokenizer= to save_pretrained)")
     if missing:
-        raise RegistryError(f"model directory {str(directory)!r} is not a complete CoMeT checkpoint: "
+        raise RegistryError(f"model directory {str(directory)!r} is not a complete model checkpoint: "
                             f"missing {', '.join(missing)}. {save_hint}")
     pickled = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
                      if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
@@ -151,7 +155,8 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
                      max_new_tokens: int = 32, name: str = "model") -> RegisteredModel:
     """Log `model_dir` as a pyfunc, register a new version of `registered_model_name`, move `alias` to it.
 
-    model_dir: a ``CoMeTForCausalLM.save_pretrained(dir, tokenizer=...)`` directory (safetensors only).
+    model_dir: a ``CoMeTForCausalLM.save_pretrained(dir, tokenizer=...)`` directory, or any Hugging Face
+        causal LM's ``save_pretrained`` directory with its tokenizer (safetensors only).
     run_id: the run the model belongs to; default: the active run. Without either, the model is
         logged in the current experiment without a source run.
     max_new_tokens: the default generation length of ``predict``.
@@ -183,7 +188,7 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     # run (pyfunc.log_model only knows the active run, and would put the model in the current
     # experiment rather than the run's).
     logged = _mlflow_call("creating the logged model", mlflow.initialize_logged_model, name=name,
-                          source_run_id=run_id, params=run_params or None, model_type=MODEL_TYPE,
+                          source_run_id=run_id, params=run_params or None, model_type=MODEL_TYPES["comet_config.json" in {p.name for p in directory.iterdir()}],
                           experiment_id=experiment_id)
     # MLflow loads the model once while logging it, to check the input example; that load puts
     # the temporary copy of the bundled code on sys.path for good, so sys.path is restored after.

@@ -25,7 +25,8 @@ def tiny():
 
 
 def test_sliding_window_equals_full_inside_window_and_differs_beyond(tiny):
-    from framework.eval.efficiency import HFRunner, sliding_window_model
+    from framework.eval.efficiency import HFRunner
+    from framework.models.sliding import sliding_window_model
 
     backbone, window = tiny[0].backbone, 16
     sliding = sliding_window_model(backbone, window)
@@ -44,17 +45,6 @@ def test_sliding_window_equals_full_inside_window_and_differs_beyond(tiny):
                  for t in range(30, 48)]
     torch.testing.assert_close(torch.cat(steps, 1), sliding_logits[:, 30:], rtol=0, atol=1e-5)
     assert runner.cache.layers[0].keys.shape[-2] == window - 1
-
-
-def test_sliding_window_refuses_families_without_it():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from framework.eval.efficiency import EfficiencyArgumentError, sliding_window_model
-
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
-    with pytest.raises(EfficiencyArgumentError, match="mistral/qwen2/qwen3.*'llama'.*Fix"):
-        sliding_window_model(llama, 8)
 
 
 def test_bench_tiny_json_and_plots(tmp_path, capsys):

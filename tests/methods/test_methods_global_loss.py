@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from framework.methods.comet import global_token_mean
+from framework.methods.lm_module import global_token_mean
 
 
 def _model():

@@ -23,7 +23,7 @@ def _reference(model, seqs, **kw):
 
 
 def _pipelined(model, mesh, seqs, schedule, **kw):
-    from framework.methods.comet import global_token_mean
+    from framework.methods.lm_module import global_token_mean
     from framework.strategies.layer_pipeline import all_reduce_mean
     from framework.strategies.p2p import PeerLink
     from framework.strategies.wavefront import pipeline_forward

@@ -1,0 +1,55 @@
+"""Find and load any model a longctx method saves: a CoMeT directory, or a plain Hugging Face
+causal LM directory (SWAT, or a full/sliding-attention baseline).
+
+    directory = find_model_dir(downloaded_artifact_root)
+    model = load_causal_lm(directory)        # CoMeTForCausalLM, SWATForCausalLM, LlamaForCausalLM, ...
+
+Importing this module registers SWAT with the transformers Auto classes, so AutoModelForCausalLM
+loads a SWAT directory. No Lightning or Ray here: the MLflow pyfunc uses it in a serving process.
+"""
+
+from __future__ import annotations
+
+import os
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def is_comet_dir(directory: str) -> bool:
+    from framework.models.comet.modeling import COMET_CONFIG
+
+    return os.path.isfile(os.path.join(directory, COMET_CONFIG))
+
+
+def is_hf_dir(directory: str) -> bool:
+    names = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    return HF_CONFIG in names and any(w in names for w in HF_WEIGHTS)
+
+
+def find_model_dir(root: str) -> str:
+    """The saved model under `root`: the CoMeT directory if there is one (its backbone folder also
+    looks like a Hugging Face model), else the shallowest Hugging Face model directory."""
+    hf = None
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames.sort()
+        if is_comet_dir(dirpath):
+            return dirpath
+        if hf is None and is_hf_dir(dirpath):
+            hf = dirpath
+    if hf is None:
+        raise FileNotFoundError(f"no saved model under {root}: no comet_config.json, and no config.json with "
+                                "model.safetensors. Fix: point at a directory written by save_pretrained")
+    return hf
+
+
+def load_causal_lm(directory: str, **load_kwargs):
+    """The model saved in `directory`, whichever method wrote it."""
+    if is_comet_dir(directory):
+        from framework.models.comet import CoMeTForCausalLM
+
+        return CoMeTForCausalLM.from_pretrained(directory, **load_kwargs)
+    import framework.models.swat  # noqa: F401 - registers model_type "swat" with the Auto classes
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
