@@ -49,6 +49,7 @@ def validate(cfg: TrainJob) -> None:
     if cfg.launch.strategy == PIPELINE_STRATEGY and not spec.pipeline:
         raise ConfigError(f"launch.strategy=pipeline is CoMeT's layer pipeline over chunks; the {spec.name!r} method "
                           "has no chunks to split. Fix: --launch.strategy ddp (or fsdp)")
+    _check_local_paths(cfg)
     spec.validate(cfg)
     import data_pipelines
     from data_pipelines.factory import validate_spec
@@ -61,6 +62,15 @@ def validate(cfg: TrainJob) -> None:
         raise ConfigError(f"data: {err} (set it with --data.options '{{\"path\": ...}}' or --data.kind)") from err
     if not cfg.launch.use_gpu and cfg.launch.precision == "16-mixed":
         raise ConfigError("launch.precision=16-mixed needs a GPU. Fix: --launch.precision 32-true, or --use-gpu")
+
+
+def _check_local_paths(cfg: TrainJob) -> None:
+    """A model or tokenizer given as a filesystem path must exist here, before workers try (and retry) it."""
+    for name in ("base", "tokenizer"):
+        value = getattr(cfg.model, name)
+        if value and value.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(value)):
+            raise ConfigError(f"model.{name}={value!r}: no such directory. Fix: point at a directory written by "
+                              "save_pretrained (for SmolLM2: bash cluster/setup_smollm2.sh), or a model id")
 
 
 def flat_params(cfg: TrainJob) -> dict:

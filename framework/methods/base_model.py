@@ -36,7 +36,7 @@ class BaseModelConfig:
                                      "Fix: set model.tokenizer (e.g. 'project', or a tokenizer directory)")
         elif self.arch:
             raise BaseModelError(f"model.arch={self.arch!r} only applies to model.base='random:<family>'. "
-                                 "Fix: drop model.arch, or use a random base")
+                                 "Fix: drop model.arch (on the command line: --model.arch '{}' before --model.base), or use a random base")
 
 
 def tiny_qwen3(hidden_size: int = 64) -> BaseModelConfig:

@@ -39,8 +39,8 @@ def recipe_env() -> dict:
     return env
 
 
-def run_recipe(cwd: Path, *args, timeout=600) -> RecipeRun:
-    proc = subprocess.run([sys.executable, str(RECIPE), *FAST, *args], cwd=cwd, env=recipe_env(),
+def run_recipe(cwd: Path, *args, timeout=600, recipe: Path = RECIPE, fast=FAST) -> RecipeRun:
+    proc = subprocess.run([sys.executable, str(recipe), *fast, *args], cwd=cwd, env=recipe_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     return RecipeRun(proc.returncode, proc.stdout, cwd)
 
