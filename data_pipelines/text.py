@@ -14,6 +14,7 @@ with the ``store_windows`` kind.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -59,7 +60,7 @@ def corpus_tokens(tokenizer, path=None, field: str = "text", storage_options: di
                                      "token to separate documents. Set tokenizer.eos_token first.")
             pieces, starts, at = [], [], 0
             for text in _documents(path, field, storage_options):
-                paragraphs = [p + "\n\n" for p in text.split("\n\n") if p] or [text]
+                paragraphs = [p for p in re.split(r"(?<=\n\n)(?=\S)", text) if p] or [text]  # keeps every character
                 ids = np.concatenate([np.asarray(x, dtype=np.int32) for x in
                                       tokenizer(paragraphs, add_special_tokens=False)["input_ids"]] + [[eos]])
                 pieces.append(ids)

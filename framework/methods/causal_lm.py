@@ -80,7 +80,7 @@ def token_loss_sum(model, batch: dict, piece: int = 4096) -> tuple[torch.Tensor,
         total = total + F.cross_entropy(logits, t[keep], reduction="sum")
         count = count + keep.sum()
     if count == 0:  # keeps every parameter in the graph, so DDP sees a (zero) gradient for each
-        total = total + 0.0 * hidden.sum()
+        total = total + 0.0 * head(hidden[:, :1]).float().sum()
     return total, count
 
 
