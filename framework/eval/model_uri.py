@@ -1,6 +1,7 @@
-"""Turn what a user types after ``--model`` into a loaded CoMeT model and its tokenizer.
+"""Turn what a user types after ``--model`` into a loaded model and its tokenizer: a CoMeT model, or a
+plain causal LM that another method saved (SWAT, a full or sliding-window baseline).
 
-    /path/to/dir                  a CoMeTForCausalLM.save_pretrained directory (or any folder holding one)
+    /path/to/dir                  a save_pretrained directory (or any folder holding one)
     models:/<name>@<alias>        a registered model (also models:/<name>/<version> and models:/<model_id>)
     runs:/<run_id>                the model that run logged (its newest registered version, else its logged model)
 
@@ -16,24 +17,24 @@ from dataclasses import dataclass
 
 
 class ModelURIError(ValueError):
-    """The --model URI does not name a CoMeT model that can be loaded."""
+    """The --model URI does not name a model that can be loaded."""
 
 
 @dataclass
 class LoadedModel:
-    model: object  # CoMeTForCausalLM, in eval mode
+    model: object  # CoMeTForCausalLM or a transformers causal LM, in eval mode
     tokenizer: object
     directory: str  # the local save_pretrained directory
     uri: str
 
 
-def _find_comet_dir(root: str) -> str | None:
-    from framework.models.comet.modeling import COMET_CONFIG
+def _find_model_dir(root: str) -> str | None:
+    from framework.models.loading import find_model_dir
 
-    for dirpath, _, files in os.walk(root):
-        if COMET_CONFIG in files:
-            return dirpath
-    return None
+    try:
+        return find_model_dir(root)
+    except FileNotFoundError:
+        return None
 
 
 def _run_model_uri(client, run_id: str) -> str:
@@ -56,18 +57,18 @@ def _run_model_uri(client, run_id: str) -> str:
 
 
 def resolve_model_dir(uri: str, tracking_uri: str | None = None, scratch: str | None = None) -> str:
-    """A local directory holding the CoMeT model that `uri` names (downloaded if needed)."""
+    """A local directory holding the model that `uri` names (downloaded if needed)."""
     if not uri:
         raise ModelURIError("--model is empty. Fix: pass a model directory, models:/<name>@<alias> or runs:/<run_id>")
     if not uri.startswith(("models:/", "runs:/")):
         if not os.path.isdir(uri):
             raise ModelURIError(f"--model {uri!r}: no such directory, and not a models:/ or runs:/ URI. "
-                                "Fix: pass a CoMeTForCausalLM.save_pretrained directory, models:/<name>@<alias> "
+                                "Fix: pass a save_pretrained directory, models:/<name>@<alias> "
                                 "or runs:/<run_id>")
-        found = _find_comet_dir(uri)
+        found = _find_model_dir(uri)
         if found is None:
-            raise ModelURIError(f"--model {uri!r} holds no CoMeT model (no comet_config.json below it). "
-                                "Fix: pass a directory written by CoMeTForCausalLM.save_pretrained")
+            raise ModelURIError(f"--model {uri!r} holds no saved model (no comet_config.json, and no config.json with "
+                                "model.safetensors, below it). Fix: pass a directory written by save_pretrained")
         return found
 
     import mlflow
@@ -90,22 +91,22 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None, scratch: str | 
         raise ModelURIError(f"--model {uri}: MLflow could not fetch it from {store} ({str(err).splitlines()[0]}). "
                             "Fix: check the name and alias or version in the MLflow UI (Models tab), and that "
                             "--tracking-uri points at the store that holds it") from None
-    found = _find_comet_dir(local)
+    found = _find_model_dir(local)
     if found is None:
-        raise ModelURIError(f"--model {uri}: the artifact holds no CoMeT model directory. "
+        raise ModelURIError(f"--model {uri}: the artifact holds no saved model directory. "
                             "Fix: name a model logged by a longctx recipe (framework.tracking.registry)")
     return found
 
 
 def load_model(uri: str, tracking_uri: str | None = None, device: str | None = None, dtype=None) -> LoadedModel:
-    """Resolve `uri` and load the CoMeT model and its tokenizer, ready for inference."""
+    """Resolve `uri` and load the model and its tokenizer, ready for inference."""
     import torch
     from transformers import AutoTokenizer
 
-    from framework.models.comet import CoMeTForCausalLM
+    from framework.models.loading import load_causal_lm
 
     directory = resolve_model_dir(uri, tracking_uri)
-    model = CoMeTForCausalLM.from_pretrained(directory)
+    model = load_causal_lm(directory)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device=device, dtype=dtype or model.dtype).eval()
     try:

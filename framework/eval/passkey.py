@@ -203,7 +203,10 @@ def passkey_report(loaded, lengths, depths, trials, seed, out_dir, *, filler=PAS
     from framework.eval.reporting import log_to_active_run, progress, write_summary
 
     started = time.perf_counter()
-    results = evaluate_passkey(loaded.model, loaded.tokenizer, lengths, depths, trials, seed=seed, digits=digits,
+    from framework.eval.perplexity import is_comet
+
+    model = loaded.model if is_comet(loaded.model) else FullAttentionLM(loaded.model)  # SWAT, a baseline
+    results = evaluate_passkey(model, loaded.tokenizer, lengths, depths, trials, seed=seed, digits=digits,
                                filler=filler, batch_size=batch_size, log=progress)
     summary = {"model": loaded.uri, "seed": seed, "digits": digits, **summarize(results, digits)}
     summary["seconds"] = round(time.perf_counter() - started, 2)

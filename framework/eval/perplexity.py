@@ -264,16 +264,21 @@ def run(args: argparse.Namespace) -> int:
         data_desc = {"text": path if args.text else "shipped:austen.jsonl.gz"}
 
     totals = BucketTotals(edges)
-    piece_len = model.config.chunk_size
+    comet = is_comet(model)  # else a plain causal LM (SWAT, a baseline): one forward, logits piece by piece
+    piece_len = model.config.chunk_size if comet else 4096
     for first in range(0, len(docs), args.batch_size):
         batch = docs[first:first + args.batch_size]
         ids = torch.stack([d[0] for d in batch]).long().to(device)
         labels = torch.stack([d[1] for d in batch]).long().to(device)
         progress(f"documents {first + 1}-{first + len(batch)} of {len(docs)} ({seq_len} tokens each)")
-        stream_document_nll(model, ids, labels, totals, piece_len)
+        if comet:
+            stream_document_nll(model, ids, labels, totals, piece_len)
+        else:
+            full_attention_document_nll(model, ids, labels, totals, piece_len)
 
     buckets, overall = totals.summary()
-    summary = {"model": args.model, "seq_len": seq_len, "num_docs": len(docs), "chunk_size": piece_len,
+    summary = {"model": args.model, "seq_len": seq_len, "num_docs": len(docs),
+               "chunk_size": piece_len if comet else None,
                "device": str(device), "data": data_desc, **data_stats, **overall, "buckets": buckets}
     json_path = os.path.join(args.out, "perplexity.json")
     png_path = os.path.join(args.out, "perplexity.png")
@@ -298,6 +303,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- in-process use
+def is_comet(model) -> bool:
+    from framework.models.comet import CoMeTForCausalLM
+
+    return isinstance(model, CoMeTForCausalLM)
+
+
 def full_attention_document_nll(model, input_ids, labels, totals: BucketTotals, piece_len: int = 4096) -> None:
     """`stream_document_nll` for a plain transformers causal LM: one full-attention forward over the
     (B, L) documents, then the logits of `piece_len` positions at a time from the final hidden states
