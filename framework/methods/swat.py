@@ -15,7 +15,7 @@ import torch
 
 from framework.config import ConfigError
 from framework.launch.config import TrainJob
-from framework.methods.causal_lm import CausalLMModule, save_hf_model
+from framework.methods.causal_lm import CausalLMModule, load_model, save_hf_model
 from framework.methods.registry import MethodSpec
 
 SCRATCH = "random:swat"
@@ -107,12 +107,6 @@ def validate(cfg: SWATJob) -> None:
     if cfg.data.seq_len <= cfg.swat.window:
         print(f"[longctx] note: data.seq_len={cfg.data.seq_len} <= swat.window={cfg.swat.window}: SWAT learns to "
               "carry information across windows only on longer sequences (the paper trains at about 4 x the window)")
-
-
-def load_model(directory: str):
-    from framework.models.loading import load_causal_lm
-
-    return load_causal_lm(directory)
 
 
 METHOD = MethodSpec(
