@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from data_pipelines.errors import BadRecordError, DataConfigError, require
-from data_pipelines.windows import concat_windows
+from data_pipelines.windows import concat_windows, document_ids
 
 SPLITS = ("train", "validation", "all")
 _CACHE: dict[tuple, np.ndarray] = {}
@@ -110,8 +110,5 @@ class TextWindows:
             raise IndexError(f"window {i} is out of range for {len(self)} windows")
         start = int(self.starts[i])
         ids = torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
-        first = np.searchsorted(self._doc_starts, start, side="right")
-        inside = self._doc_starts[first:np.searchsorted(self._doc_starts, start + self.seq_len, side="left")] - start
-        doc = np.zeros(self.seq_len, dtype=np.int64)
-        doc[inside] = 1
-        return {"input_ids": ids, "labels": ids.clone(), "document_ids": torch.from_numpy(np.cumsum(doc))}
+        docs = document_ids(self._doc_starts, start, self.seq_len, self.seq_len)
+        return {"input_ids": ids, "labels": ids.clone(), "document_ids": torch.from_numpy(docs)}

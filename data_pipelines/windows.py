@@ -29,6 +29,18 @@ IGNORE_INDEX = -100
 PACKINGS = ("concat", "aligned")
 
 
+def document_ids(doc_starts: np.ndarray, start: int, length: int, seq_len: int) -> np.ndarray:
+    """Ids of the documents in the window [start, start + length) of the stream, numbered from 0; a
+    document that begins strictly inside the window starts a new id; padding gets the next id."""
+    lo = np.searchsorted(doc_starts, start, side="right")
+    hi = np.searchsorted(doc_starts, start + length, side="left")
+    edges = np.concatenate([[0], doc_starts[lo:hi] - start, [length]])
+    ids = np.empty(seq_len, dtype=np.int64)
+    ids[:length] = np.repeat(np.arange(len(edges) - 1, dtype=np.int64), np.diff(edges))
+    ids[length:] = len(edges) - 1
+    return ids
+
+
 def concat_windows(num_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     count = num_tokens // seq_len
     return np.arange(count, dtype=np.int64) * seq_len, np.full(count, seq_len, dtype=np.int64)
@@ -113,16 +125,5 @@ class StoreWindows:
         return {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),
-            "document_ids": torch.from_numpy(self._document_ids(start, length)),
+            "document_ids": torch.from_numpy(document_ids(self._doc_offsets, start, length, self.seq_len)),
         }
-
-    def _document_ids(self, start: int, length: int) -> np.ndarray:
-        # Documents that begin strictly inside the window start new ids.
-        lo = np.searchsorted(self._doc_offsets, start, side="right")
-        hi = np.searchsorted(self._doc_offsets, start + length, side="left")
-        boundaries = self._doc_offsets[lo:hi] - start
-        doc_ids = np.empty(self.seq_len, dtype=np.int64)
-        edges = np.concatenate([[0], boundaries, [length]])
-        doc_ids[:length] = np.repeat(np.arange(len(edges) - 1, dtype=np.int64), np.diff(edges))
-        doc_ids[length:] = len(edges) - 1
-        return doc_ids
