@@ -12,11 +12,19 @@ Kinds and their keys (defaults in brackets):
   in memory (``data_pipelines.text``)
 - ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
   storage_options [None]
+- ``qa_facts``: seq_len (context tokens), num_samples [10000], seed [0], question_len [32], answer_len [12], digits [5],
+  keys [None: built-in single-token words], distractors [0]: synthetic "key: value" fact retrieval
+  (``data_pipelines.qa``)
+- ``qa_jsonl``: path, seq_len (context tokens), question_len [64], answer_len [32], on_bad_record ["fail"],
+  num_samples [None], seed [0], storage_options [None]: RAM/COMI JSONL ``{input, prompt, answer}`` records
+- both QA kinds give ``context_ids``/``context_mask`` [seq_len], ``question_ids``/``question_mask`` [question_len],
+  ``answer_ids``/``answer_mask`` [answer_len], ``evidence_mask`` [seq_len], ``answer_text`` and ``answers``
+  instead of ``input_ids``/``labels`` (see ``data_pipelines.qa``)
 
-For ``store_windows``, ``text`` and ``chat``, ``num_samples`` keeps a seeded random subset of that
+For ``store_windows``, ``text``, ``chat`` and ``qa_jsonl``, ``num_samples`` keeps a seeded random subset of that
 many windows (it must not exceed the number of windows); ``seed`` picks that subset.
 
-Every kind also takes ``chunking``: None, or ``{"strategy": "fixed"|"right_aligned"|"random"|
+Every kind but the QA kinds also takes ``chunking``: None, or ``{"strategy": "fixed"|"right_aligned"|"random"|
 "uniform"|"semantic"|"paper", "chunk_size": int, "seed": int [0], "min_chunk": int [4]}``,
 which adds ``chunk_ids`` to every sample.
 
@@ -43,9 +51,15 @@ KINDS: dict[str, dict[str, Any]] = {
              "num_samples": None, "seed": 0, "storage_options": None},
     "chat": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "aligned", "field": "messages", "on_bad_record": "fail",
              "num_samples": None, "seed": 0, "storage_options": None},
+    "qa_facts": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "question_len": 32, "answer_len": 12, "digits": 5,
+                 "keys": None, "distractors": 0},
+    "qa_jsonl": {"path": _REQUIRED, "seq_len": _REQUIRED, "question_len": 64, "answer_len": 32, "on_bad_record": "fail",
+                 "num_samples": None, "seed": 0, "storage_options": None},
 }
+QA_KINDS = ("qa_facts", "qa_jsonl")
 CHUNKING_KEYS = {"strategy": _REQUIRED, "chunk_size": _REQUIRED, "seed": 0, "min_chunk": 4}
-_INT_KEYS = {"seq_len", "num_samples", "seed", "digits", "num_needles", "num_queries", "chunk_size", "min_chunk"}
+_INT_KEYS = {"seq_len", "num_samples", "seed", "digits", "num_needles", "num_queries", "chunk_size", "min_chunk",
+             "question_len", "answer_len", "distractors"}
 
 
 def _unknown(key: str, allowed, where: str) -> DataConfigError:
@@ -90,6 +104,9 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
         check_schedule(out["seq_len_schedule"], out["seq_len"])
     chunking = spec.get("chunking")
+    if chunking is not None and kind in QA_KINDS:
+        raise DataConfigError(f"data spec kind={kind!r} does not take chunking: chunk plans are drawn over input_ids, and "
+                              "QA samples have context_ids instead; chunk the context in the method. Remove 'chunking'.")
     if chunking is not None:
         if not isinstance(chunking, Mapping):
             raise DataConfigError(f"data spec chunking={chunking!r} must be None or a mapping like "
@@ -120,7 +137,8 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _example(key: str):
     return {"seq_len": 4096, "num_samples": 10_000, "path": "/data/tokens", "chunk_size": 2048, "seed": 0,
-            "digits": 5, "num_needles": 4, "num_queries": 1, "min_chunk": 4}.get(key, "...")
+            "digits": 5, "num_needles": 4, "num_queries": 1, "min_chunk": 4, "question_len": 64, "answer_len": 32,
+            "distractors": 4}.get(key, "...")
 
 
 def build_source(spec: Mapping[str, Any], tokenizer):
@@ -160,6 +178,18 @@ def build_source(spec: Mapping[str, Any], tokenizer):
         source = TextWindows(tokenizer, spec["seq_len"], path=spec["path"], field=spec["field"], split=spec["split"],
                              validation_fraction=spec["validation_fraction"], num_samples=spec["num_samples"],
                              seed=spec["seed"], storage_options=spec["storage_options"])
+    elif kind == "qa_facts":
+        from data_pipelines.qa import QAFacts
+
+        source = QAFacts(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
+                         question_len=spec["question_len"], answer_len=spec["answer_len"], digits=spec["digits"],
+                         keys=spec["keys"], distractors=spec["distractors"])
+    elif kind == "qa_jsonl":
+        from data_pipelines.qa import QAJsonl
+
+        source = QAJsonl(spec["path"], tokenizer, spec["seq_len"], question_len=spec["question_len"],
+                         answer_len=spec["answer_len"], on_bad_record=spec["on_bad_record"],
+                         num_samples=spec["num_samples"], seed=spec["seed"], storage_options=spec["storage_options"])
     else:
         from data_pipelines.chat import ChatSource
 

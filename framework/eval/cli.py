@@ -1,4 +1,4 @@
-"""``longctx eval passkey|perplexity`` and ``longctx bench efficiency``.
+"""``longctx eval passkey|perplexity|qa`` and ``longctx bench efficiency``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Bad input exits
 with status 2 and one line naming the cause and the fix; progress goes to stderr, the JSON
@@ -12,7 +12,8 @@ import importlib
 import sys
 
 _EVAL = {"passkey": "passkey retrieval accuracy by context length and depth, with a heat-map",
-         "perplexity": "perplexity by position bucket on long documents"}
+         "perplexity": "perplexity by position bucket on long documents",
+         "qa": "exact match and F1 of a compressor against the full prompt and truncation, by compression ratio"}
 _BENCH = {"efficiency": "prefill time, decode ms/token and peak memory against context length"}
 
 

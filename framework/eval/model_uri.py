@@ -98,15 +98,24 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None, scratch: str | 
     return found
 
 
-def load_model(uri: str, tracking_uri: str | None = None, device: str | None = None, dtype=None) -> LoadedModel:
-    """Resolve `uri` and load the model and its tokenizer, ready for inference."""
+def load_model(uri: str, tracking_uri: str | None = None, device: str | None = None, dtype=None,
+               compressor: bool = False) -> LoadedModel:
+    """Resolve `uri` and load the model and its tokenizer, ready for inference. compressor: the model
+    must be a RAM/COMI compressor (`longctx eval qa`); else it must be a causal LM."""
     import torch
     from transformers import AutoTokenizer
 
-    from framework.models.loading import load_causal_lm
+    from framework.models.loading import NotACausalLMError, is_compressor_dir, load_causal_lm, load_saved_model
 
     directory = resolve_model_dir(uri, tracking_uri)
-    model = load_causal_lm(directory)
+    if compressor and not is_compressor_dir(directory):
+        raise ModelURIError(f"--model {uri} is a causal LM, not a RAM/COMI compressor. Fix: pass a model that "
+                            "recipes/ram_qa.py or recipes/comi_qa.py registered; evaluate causal LMs with "
+                            "`longctx eval passkey` or `longctx eval perplexity`")
+    try:
+        model = load_saved_model(directory) if compressor else load_causal_lm(directory)
+    except NotACausalLMError as err:
+        raise ModelURIError(f"--model {uri}: {err}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device=device, dtype=dtype or model.dtype).eval()
     try:

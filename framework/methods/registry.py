@@ -18,6 +18,8 @@ METHODS = {
     "comet": "framework.methods.comet",
     "swat": "framework.methods.swat",
     "causal_lm": "framework.methods.causal_lm",
+    "ram": "framework.methods.ram",
+    "comi": "framework.methods.comi",
 }
 
 

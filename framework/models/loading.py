@@ -1,8 +1,9 @@
-"""Find and load any model a longctx method saves: a CoMeT directory, or a plain Hugging Face
-causal LM directory (SWAT, or a full/sliding-attention baseline).
+"""Find and load any model a longctx method saves: a CoMeT directory, a RAM/COMI compressor
+directory, or a plain Hugging Face causal LM directory (SWAT, or a full/sliding-attention baseline).
 
     directory = find_model_dir(downloaded_artifact_root)
     model = load_causal_lm(directory)        # CoMeTForCausalLM, SWATForCausalLM, LlamaForCausalLM, ...
+    model = load_saved_model(directory)      # any of those, or a CompressorForQA (RAM, COMI)
 
 Importing this module registers SWAT with the transformers Auto classes, so AutoModelForCausalLM
 loads a SWAT directory. No Lightning or Ray here: the MLflow pyfunc uses it in a serving process.
@@ -22,18 +23,29 @@ def is_comet_dir(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, COMET_CONFIG))
 
 
+def is_compressor_dir(directory: str) -> bool:
+    from framework.models.compression.skeleton import COMPRESSOR_CONFIG
+
+    return os.path.isfile(os.path.join(directory, COMPRESSOR_CONFIG))
+
+
+class NotACausalLMError(ValueError):
+    """A directory holds a compressor (RAM, COMI), which answers questions about a context rather than
+    continuing a prompt."""
+
+
 def is_hf_dir(directory: str) -> bool:
     names = set(os.listdir(directory)) if os.path.isdir(directory) else set()
     return HF_CONFIG in names and any(w in names for w in HF_WEIGHTS)
 
 
 def find_model_dir(root: str) -> str:
-    """The saved model under `root`: the CoMeT directory if there is one (its backbone folder also
-    looks like a Hugging Face model), else the shallowest Hugging Face model directory."""
+    """The saved model under `root`: the CoMeT or compressor directory if there is one (their decoder
+    files also look like a Hugging Face model), else the shallowest Hugging Face model directory."""
     hf = None
     for dirpath, dirnames, _ in os.walk(root):
         dirnames.sort()
-        if is_comet_dir(dirpath):
+        if is_comet_dir(dirpath) or is_compressor_dir(dirpath):
             return dirpath
         if hf is None and is_hf_dir(dirpath):
             hf = dirpath
@@ -44,7 +56,11 @@ def find_model_dir(root: str) -> str:
 
 
 def load_causal_lm(directory: str, **load_kwargs):
-    """The model saved in `directory`, whichever method wrote it."""
+    """The causal LM saved in `directory`, whichever method wrote it."""
+    if is_compressor_dir(directory):
+        raise NotACausalLMError(f"{directory} holds a RAM/COMI compressor, which answers questions about a context "
+                                "instead of continuing a prompt. Fix: evaluate it with `longctx eval qa --model ...`; "
+                                "in Python load it with CompressorForQA.from_pretrained")
     if is_comet_dir(directory):
         from framework.models.comet import CoMeTForCausalLM
 
@@ -53,3 +69,12 @@ def load_causal_lm(directory: str, **load_kwargs):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
+
+
+def load_saved_model(directory: str, **load_kwargs):
+    """Whatever a longctx method saved in `directory`: a compressor, or a causal LM."""
+    if is_compressor_dir(directory):
+        from framework.models.compression.skeleton import CompressorForQA
+
+        return CompressorForQA.from_pretrained(directory, **load_kwargs)
+    return load_causal_lm(directory, **load_kwargs)

@@ -24,12 +24,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
+QA_PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("qa_pyfunc_model.py")  # RAM / COMI compressors
 MODEL_ARTIFACT = "model"  # must match pyfunc_model.MODEL_ARTIFACT
 MAX_NEW_TOKENS_KEY = "default_max_new_tokens"  # must match pyfunc_model.MAX_NEW_TOKENS_KEY
-MODEL_TYPES = {True: "comet-causal-lm", False: "causal-lm"}  # by whether the directory is a CoMeT one
 INPUT_EXAMPLE = ["Once upon a time"]
+QA_INPUT_EXAMPLE = {"context": ["pear: 41907. plum: 22815."], "question": ["What is the value of plum?"]}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 COMET_FILES = ("config.json", "comet_config.json", "comet.safetensors")
+COMPRESSOR_FILES = ("config.json", "compressor_config.json", "compressor.safetensors")
 BACKBONE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PINNED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
@@ -64,7 +66,8 @@ def check_model_dir(model_dir) -> Path:
     if not directory.is_dir():
         raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. {save_hint}")
     names = {p.name for p in directory.iterdir()}
-    required = COMET_FILES if "comet_config.json" in names else ("config.json",)
+    required = (COMET_FILES if "comet_config.json" in names else
+                COMPRESSOR_FILES if "compressor_config.json" in names else ("config.json",))
     missing = [name for name in required if name not in names]
     if not any(name in names for name in BACKBONE_WEIGHTS):
         missing.append(" or ".join(BACKBONE_WEIGHTS))
@@ -136,6 +139,23 @@ def model_signature(max_new_tokens: int):
     return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
 
 
+def qa_signature(max_new_tokens: int):
+    """(context, question) string columns in, answer strings out; the target ratio and length as params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens), ParamSpec("ratio", "double", None)])
+    return ModelSignature(inputs=Schema([ColSpec("string", "context"), ColSpec("string", "question")]),
+                          outputs=Schema([ColSpec("string")]), params=params)
+
+
+def model_kind(directory: Path) -> str:
+    """comet-causal-lm, qa-compressor (RAM / COMI) or causal-lm."""
+    names = {p.name for p in directory.iterdir()}
+    return ("comet-causal-lm" if "comet_config.json" in names else
+            "qa-compressor" if "compressor_config.json" in names else "causal-lm")
+
+
 def _framework_dir() -> str:
     import framework
 
@@ -187,9 +207,16 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     # Creating the LoggedModel here, in the run's own experiment, lets Model.log attach it to any
     # run (pyfunc.log_model only knows the active run, and would put the model in the current
     # experiment rather than the run's).
+    kind = model_kind(directory)
     logged = _mlflow_call("creating the logged model", mlflow.initialize_logged_model, name=name,
-                          source_run_id=run_id, params=run_params or None, model_type=MODEL_TYPES["comet_config.json" in {p.name for p in directory.iterdir()}],
+                          source_run_id=run_id, params=run_params or None, model_type=kind,
                           experiment_id=experiment_id)
+    if kind == "qa-compressor":
+        served, signature = QA_PYFUNC_MODEL_FILE, qa_signature(max_new_tokens)
+        example = (QA_INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)})
+    else:
+        served, signature = PYFUNC_MODEL_FILE, model_signature(max_new_tokens)
+        example = (INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)})
     # MLflow loads the model once while logging it, to check the input example; that load puts
     # the temporary copy of the bundled code on sys.path for good, so sys.path is restored after.
     saved_sys_path = list(sys.path)
@@ -197,12 +224,12 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
         info = _mlflow_call(
             "logging the model", Model.log,
             artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-            python_model=str(PYFUNC_MODEL_FILE),
+            python_model=str(served),
             artifacts={MODEL_ARTIFACT: os.fspath(directory.resolve())},
             code_paths=[_framework_dir()],
             model_config={MAX_NEW_TOKENS_KEY: max_new_tokens},
-            signature=model_signature(max_new_tokens),
-            input_example=(INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)}),
+            signature=signature,
+            input_example=example,
             pip_requirements=pinned_requirements(),
         )
     finally:
