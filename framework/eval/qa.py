@@ -8,7 +8,7 @@ and against truncation to the same budget.
 Every sample is answered several ways from the same question, greedily (at most --max-new-tokens
 tokens, stopping at the tokenizer's eos):
 
-  uncompressed     the decoder reads every context token (``token_memory``): the ceiling;
+  uncompressed     the decoder reads every context token (``token_memory``): the reference;
   compressed/<r>   the compressor's memory at requested ratio r (``compress(ratio=r)``). COMI: r is
                    tokens per memory slot (rounded to an integer); RAM: r becomes the keep fraction
                    rho = (L/r - 1)/(L - 1) of L-token segments read closely, so RAM cannot exceed L:1;

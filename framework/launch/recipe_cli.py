@@ -125,10 +125,13 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
         return EXIT_FAILED
     print(f"[longctx] finished {result.steps} steps; MLflow run {result.run_id} in {result.tracking_uri}")
     if result.registered_uri:
+        from framework.methods.registry import method_for
+
+        example = method_for(cfg).example_input
         print(f"[longctx] registered model: {result.registered_uri} (version {result.registered_version})")
         print("[longctx] load it with:\n"
               f"    MLFLOW_TRACKING_URI={result.tracking_uri} python -c \"import mlflow; "
-              f"m = mlflow.pyfunc.load_model('{result.registered_uri}'); print(m.predict(['Hello']))\"\n"
+              f"m = mlflow.pyfunc.load_model('{result.registered_uri}'); print(m.predict({example}))\"\n"
               "[longctx] or serve it:\n"
               f"    MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve -m {result.registered_uri} "
               "--env-manager local -h 127.0.0.1 -p 5001")

@@ -58,6 +58,6 @@ class COMIModule(shared.CompressionQAModule):
 
 METHOD = MethodSpec(
     name="comi", job=COMIJob, build_model=shared.build_model, load_model=shared.load_model,
-    save_model=shared.save_model, validate=shared.validate,
+    save_model=shared.save_model, validate=shared.validate, example_input=shared.EXAMPLE_INPUT,
     lightning_module=lambda model, cfg, steps: COMIModule(model, cfg.method, steps, cfg.compression, cfg.launch.seed),
 )

@@ -22,6 +22,7 @@ from framework.methods.optim import warmup_cosine
 
 DECODER_MODES = ("attention", "lora", "full", "frozen")
 QA_KINDS = ("qa_facts", "qa_jsonl")
+EXAMPLE_INPUT = "{'context': ['pear: 41907. plum: 22815.'], 'question': ['What is the value of plum?']}"
 
 
 @dataclass

@@ -53,6 +53,6 @@ class RAMModule(shared.CompressionQAModule):
 
 METHOD = MethodSpec(
     name="ram", job=RAMJob, build_model=shared.build_model, load_model=shared.load_model,
-    save_model=shared.save_model, validate=shared.validate,
+    save_model=shared.save_model, validate=shared.validate, example_input=shared.EXAMPLE_INPUT,
     lightning_module=lambda model, cfg, steps: RAMModule(model, cfg.method, steps, cfg.compression, cfg.launch.seed),
 )

@@ -34,7 +34,8 @@ class MethodSpec:
     load_model(directory) -> the model that save_model wrote. save_model(model, directory, tokenizer)
     writes a from_pretrained directory (safetensors and tokenizer files). lightning_module(model, cfg,
     total_steps) -> the LightningModule. validate(cfg) raises ConfigError for settings that only this
-    method rules out. pipeline: whether the layer-pipeline strategy can train it."""
+    method rules out. pipeline: whether the layer-pipeline strategy can train it. example_input: Python
+    source of an input the registered pyfunc takes, for the hint a recipe prints."""
 
     name: str
     job: type
@@ -44,6 +45,7 @@ class MethodSpec:
     lightning_module: Callable
     validate: Callable = lambda cfg: None
     pipeline: bool = False
+    example_input: str = "['Hello']"
 
 
 def get_method(name: str) -> MethodSpec:

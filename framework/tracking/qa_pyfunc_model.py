@@ -5,8 +5,9 @@ as *models from code* (like ``pyfunc_model.py``, which serves the causal LMs).
     model.predict(pd.DataFrame({"context": [long_text], "question": ["What is the value of pear?"]}),
                   params={"ratio": 8})                                # -> ["41907"]
 
-Inputs: a DataFrame (or dict of lists) with ``context`` and ``question`` columns; the official RAM/COMI
-JSONL names ``input`` and ``prompt`` work too. Output: one answer string per row.
+Inputs: a DataFrame (or dict of lists) with ``context`` and ``question`` columns (called directly,
+without MLflow's schema check, the official RAM/COMI JSONL names ``input`` and ``prompt`` work too).
+Output: one answer string per row.
 Params: ``ratio`` (target compression; unset: the ratio the model was trained at), ``max_new_tokens``.
 Imports MLflow, torch, transformers and ``framework.models`` only (bundled with the model).
 """
@@ -42,7 +43,16 @@ def rows_from_input(model_input: Any) -> list[tuple[str, str]]:
         if name is None:
             raise QAInputError(f"the input has no {role!r} column (columns: {list(map(str, data.columns))}). "
                                f"Fix: name the columns {' and '.join(repr(n[0]) for n in COLUMNS.values())}")
-        picked[role] = data[name].tolist()
+        values = []
+        for cell in data[name].tolist():
+            # MLflow's schema enforcement turns {"context": [a, b]} into one row whose cell is the list
+            if hasattr(cell, "tolist") and not isinstance(cell, str):
+                cell = cell.tolist()
+            values.extend(cell if isinstance(cell, (list, tuple)) else [cell])
+        picked[role] = values
+    if len(picked["context"]) != len(picked["question"]):
+        raise QAInputError(f"{len(picked['context'])} contexts but {len(picked['question'])} questions: "
+                           "give one question per context")
     rows = list(zip(picked["context"], picked["question"]))
     if not rows:
         raise QAInputError("no rows given: pass at least one (context, question) row")

@@ -349,13 +349,14 @@ class CompressorForQA(nn.Module):
         x, mask = _left_pad(seqs)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = _cache_kwargs(self.decoder)
-        out = self.decoder(inputs_embeds=x, attention_mask=mask.long(), position_ids=positions, use_cache=True, **cache)
+        out = self.decoder(inputs_embeds=x, attention_mask=mask.long(), position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **cache)
         attn = mask.long()
         done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
         answers = [[] for _ in seqs]
         next_pos = positions[:, -1:] + 1
         logits = out.logits[:, -1]
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = logits.argmax(-1)
             for b in range(len(seqs)):
                 if not done[b]:
@@ -363,7 +364,7 @@ class CompressorForQA(nn.Module):
                         done[b] = True
                     else:
                         answers[b].append(int(token[b]))
-            if bool(done.all()):
+            if bool(done.all()) or step == max_new_tokens - 1:
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self.decoder(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos,
