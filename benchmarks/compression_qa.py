@@ -1,0 +1,598 @@
+"""Context compression for QA at small scale: RAM, COMI and mean pooling against truncation, from one reader.
+
+    python benchmarks/compression_qa.py              # the default run (about 30 min on a shared 2-core CPU)
+    python benchmarks/compression_qa.py --quick      # a few steps of everything (seconds; for tests)
+    python benchmarks/compression_qa.py --reader-steps 100 --steps 30 --eval-samples 32 --out /tmp/c.json
+
+Prints one JSON object, writes it to ``--out`` (default ``benchmarks/results/compression_qa.json``) and
+plots exact match against compression ratio to ``--plot`` (default ``docs/img/compression_qa.png``).
+
+What it measures (methods.md sections 1, 2 and 6), in one run with one seed, on the synthetic
+key-value facts task (``qa_facts``: a context of " key: 12345." facts, a question "What is the value
+of key?", the answer " 12345" + eos; the queried fact's tokens are the evidence):
+
+1. Stage 0, the reader. The papers start from a pretrained LLM that can already read; a random tiny
+   Qwen3 (hidden 128, 2 layers, 4 heads, on the project tokenizer) cannot, so it is first trained as a
+   plain reader of UNCOMPRESSED contexts of ``--reader-seq-len`` tokens (default 128): the loss is the
+   answer cross-entropy over ``[context tokens ; question ; answer]`` (``token_memory`` of the whole
+   context, then ``answer_loss``), every decoder weight trains (AdamW, lr ``--reader-lr`` 3e-3, warmup
+   ``--reader-warmup`` 50 steps, cosine), ``--reader-steps`` (1500) steps of ``--batch`` (32) samples.
+   Its exact match on held-out uncompressed contexts of that length is reported.
+2. Stage 1, three compressors, each built on its own deep copy of that reader (the JSON records a
+   hash of the reader's weights and of every compressor's decoder before its first step; they are
+   equal) and trained on contexts of ``--seq-len`` (256) tokens at ``--ratio`` (8):
+   - ``ram``: RAM, a 1-layer encoder, 16-token segments, Linear alignment, the keep fraction fixed at
+     keep_fraction_for_ratio(8, 16) = 1/15 (1 of 16 segments read closely), the contrastive loss on
+     (the batch carries evidence_mask);
+   - ``comi``: COMI, a 1-layer encoder, Linear alignment, ratio 8, coarse + fine + redundancy;
+   - ``mean_pool``: COMI with coarse=False, fine=False (GMSA's fixed groups of 8, mean-pooled);
+     otherwise identical to ``comi``.
+   The trainable set is the methods' own (``framework.methods.compression.set_trainable`` with
+   RAMSettings / COMISettings: encoder, alignment, decoder="full", as the tiny recipes train a random
+   base); the optimizer groups are CompressionQAModule's (weight decay only on matrices). Same data in
+   the same order, ``--steps`` (400) steps of ``--batch`` samples, lr ``--lr`` (1e-3), warmup
+   ``--warmup`` (10% of the steps), cosine to ``--min-lr-ratio`` (0.1) x lr, grad clip 1.0.
+   Loss = mean answer-token cross-entropy + RAM's contrastive loss.
+3. Evaluation on ``--eval-samples`` (128) held-out samples (qa_facts seed 12345, ``--seq-len``
+   tokens), greedy answers (at most ``--max-new-tokens`` tokens, stopping at eos), exact match after
+   SQuAD normalisation (``framework.eval.qa_scoring.exact_match``), at each ratio of ``--ratios``
+   (4 8 16):
+   - each compressor's memory at that ratio (``compress(ratio=r)``; RAM: rho = keep_fraction_for_ratio(r, 16));
+   - ``truncation``: the stage-0 reader reading the first ceil(n / r) context tokens of a sample with n
+     context tokens (the same budget as a compressor at ratio r; the answer may lie anywhere);
+   - ``uncompressed``: the stage-0 reader reading the whole context (a reference; note the reader was
+     trained at ``--reader-seq-len``, so at a longer ``--seq-len`` this is also a length-generalisation
+     test of the reader).
+   For RAM, the answer-segment recall at each ratio: the share of the segments holding evidence tokens
+   that were read closely (``Compressed.kept`` vs ``Compressed.positives``), with the chance level of a
+   random choice of the same number of segments (the mean kept share k/N).
+   Every setting records the achieved ratio (all context tokens / all memory slots).
+
+Claims (booleans under "claims", each with the numbers behind it in "<claim>_detail"; r = --ratio):
+``ram_beats_mean_pool_at_<r>x``, ``comi_beats_mean_pool_at_<r>x``, ``ram_beats_truncation_at_<r>x``,
+``comi_beats_truncation_at_<r>x`` (strictly higher exact match; the detail gives both scores, the
+samples only one of the two answers right, and the binomial standard error of each score), and
+``ram_recall_above_chance_at_<r>x``; ``ram_answer_segment_recall_at_<r>x`` is the recall itself (a
+number) with its chance level in the detail.
+
+Cost (one torch thread, a shared 2-core CPU at load ~3): about 0.55 s per reader step and 0.75-0.9 s
+per compressor step at batch 32, evaluation about 0.16 s per sample; the defaults come to roughly
+14 min (reader) + 3 x 5.5 min (compressors) + 0.5 min (evaluation), about 30 min. One torch thread
+(``--threads``): on a shared 2-core machine a second thread slows small models down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODELS = ("ram", "comi", "mean_pool")
+LABELS = {
+    "ram": "RAM: 1-layer encoder, 16-token segments, top-k close reading + query-weighted skimming, contrastive loss",
+    "comi": "COMI: 1-layer encoder, marginal-information-gain group sizes (coarse) and merging (fine)",
+    "mean_pool": "mean pooling (GMSA): COMI with coarse and fine off, fixed groups of r tokens mean-pooled",
+    "truncation": "stage-0 reader on the first ceil(n/r) context tokens",
+    "uncompressed": "stage-0 reader on the whole context",
+}
+EVAL_SEED = 12345  # held-out facts; training uses --seed (reader) and --seed + 1 (compressors)
+QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, reader_seq_len=64, reader_warmup=1,
+             warmup=1, eval_batch=8, max_new_tokens=8)
+NUM_EXAMPLES = 3
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def truncation_budget(context_tokens: int, ratio: float) -> int:
+    """Tokens truncation keeps at `ratio`: ceil(n / r), the memory a compressor at ratio r holds."""
+    return math.ceil(context_tokens / ratio)
+
+
+def state_hash(module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and values), 16 hex digits."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def method_settings(name: str, args):
+    """(method, the method's settings object) of one compressor; the settings build its CompressorConfig."""
+    from framework.methods.comi import COMISettings
+    from framework.methods.ram import RAMSettings
+    from framework.models.compression.ram import keep_fraction_for_ratio
+
+    common = dict(encoder_layers=args.encoder_layers, alignment="linear", train_encoder=True, decoder="full")
+    if name == "ram":
+        return "ram", RAMSettings(**common, segment_size=args.segment_size,
+                                  keep_fraction=keep_fraction_for_ratio(args.ratio, args.segment_size),
+                                  keep_sampling="fixed")
+    if name == "comi":
+        return "comi", COMISettings(**common, ratio=args.ratio)
+    if name == "mean_pool":
+        return "comi", COMISettings(**common, ratio=args.ratio, coarse=False, fine=False)
+    raise ValueError(f"unknown compressor {name!r}; use one of {MODELS}")
+
+
+def tensors(batch: dict) -> dict:
+    """The tensor part of a collated batch (what the model takes)."""
+    import torch
+
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def make_batch(source, lo: int, hi: int) -> dict:
+    from data_pipelines.loader import collate
+
+    return collate([source[i] for i in range(lo, hi)])
+
+
+def optimizer_for(groups: dict, lr: float, weight_decay: float, warmup: int, steps: int, min_lr_ratio: float):
+    """AdamW over {group: [parameters]} as CompressionQAModule.configure_optimizers builds it (weight
+    decay on matrices only), with the shared warmup + cosine schedule."""
+    import torch
+
+    from framework.methods.optim import warmup_cosine
+
+    param_groups = []
+    for name, params in groups.items():
+        for decay in (True, False):
+            chosen = [p for p in params if p.requires_grad and (p.ndim >= 2) == decay]
+            if chosen:
+                param_groups.append({"params": chosen, "lr": lr, "name": name + ("" if decay else "_no_decay"),
+                                     "weight_decay": weight_decay if decay else 0.0})
+    opt = torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, min_lr_ratio))
+    return opt, sched
+
+
+def summarize_curve(losses: list, points: int = 20) -> dict:
+    """Training loss as `points` block means (with the step each block ends at), plus first / last."""
+    n = len(losses)
+    if n == 0:
+        return {"curve": []}
+    blocks = []
+    for i in range(min(points, n)):
+        lo, hi = i * n // min(points, n), (i + 1) * n // min(points, n)
+        blocks.append({"step": hi, "mean_loss": round(sum(losses[lo:hi]) / (hi - lo), 4)})
+    tail = losses[-max(1, n // 10):]
+    finite = [x for x in losses if math.isfinite(x)]
+    return {"first_loss": round(losses[0], 4), "final_loss_mean_last_10pct": round(sum(tail) / len(tail), 4),
+            "min_loss": round(min(finite), 4) if finite else None, "nonfinite_steps": n - len(finite),
+            "curve": blocks}
+
+
+def train_loop(tag: str, model, groups: dict, batch_fn, step_fn, steps: int, lr: float, warmup: int, args) -> dict:
+    """Train `model` for `steps`: step_fn(model, batch) -> (answer loss, aux loss, extras dict)."""
+    import torch
+
+    opt, sched = optimizer_for(groups, lr, args.weight_decay, warmup, steps, args.min_lr_ratio)
+    trainable = [p for params in groups.values() for p in params if p.requires_grad]
+    model.train()
+    losses, auxes, extras = [], [], {}
+    t0 = time.perf_counter()
+    for step in range(steps):
+        batch = batch_fn(step)
+        loss, aux, extra = step_fn(model, batch)
+        (loss + aux).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip if args.grad_clip > 0 else math.inf)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        auxes.append(float(aux.detach()))
+        for k, v in extra.items():
+            if v is not None:
+                extras.setdefault(k, []).append(v)
+        if args.log_every and (step + 1) % args.log_every == 0:
+            window = losses[-args.log_every:]
+            print(f"[compression_qa] {tag} step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
+                  f"aux {auxes[-1]:.4f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    out = {"train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, steps), 4),
+           "training": summarize_curve(losses),
+           "trainable_parameters": {k: sum(p.numel() for p in v if p.requires_grad) for k, v in groups.items()}}
+    if any(a != 0 for a in auxes):
+        out["training"]["aux_loss"] = summarize_curve(auxes, points=5)
+    for k, values in extras.items():
+        tail = values[-max(1, len(values) // 10):]
+        out["training"][f"{k}_mean_last_10pct"] = round(sum(tail) / len(tail), 4)
+    return out
+
+
+def answer_loss_of_memory(model, memory, batch):
+    s, c = model.answer_loss(memory, batch["question_ids"], batch["question_mask"], batch["answer_ids"],
+                             batch["answer_mask"])
+    return s / c
+
+
+def _recall(comp):
+    hits = total = 0
+    for kept, positives in zip(comp.kept, comp.positives):
+        total += len(positives)
+        hits += len(set(kept) & set(positives))
+    return hits / total if total else None
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+class Tally:
+    """One way of answering, summed over the evaluation samples."""
+
+    def __init__(self):
+        self.correct, self.context_tokens, self.memory_slots = [], 0, 0
+        self.recall_hits = self.recall_total = 0
+        self.kept_share, self.predictions = [], []
+        self.seconds = 0.0
+
+    def add(self, comp, texts, answers) -> None:
+        from framework.eval.qa_scoring import exact_match
+
+        self.context_tokens += sum(comp.context_tokens)
+        self.memory_slots += sum(comp.memory_slots)
+        for text, gold in zip(texts, answers):
+            self.correct.append(exact_match(text, gold) == 1.0)
+            self.predictions.append(text)
+
+    def summary(self, recall: bool = False) -> dict:
+        n = len(self.correct)
+        em = sum(self.correct) / max(1, n)
+        out = {"exact_match": round(em, 4), "correct": int(sum(self.correct)), "samples": n,
+               "exact_match_stderr": round(math.sqrt(em * (1 - em) / max(1, n)), 4),
+               "ratio": round(self.context_tokens / max(1, self.memory_slots), 4),
+               "context_tokens_total": self.context_tokens, "memory_slots_total": self.memory_slots,
+               "seconds": round(self.seconds, 2)}
+        if recall:
+            out["answer_segment_recall"] = (round(self.recall_hits / self.recall_total, 4)
+                                            if self.recall_total else None)
+            out["answer_segments"] = self.recall_total
+            out["chance_kept_share"] = (round(sum(self.kept_share) / len(self.kept_share), 4)
+                                        if self.kept_share else None)
+        return out
+
+
+def truncated_memory(reader, ctx, mask, ratio: float):
+    """The reader's token memory of the first ceil(n_b / ratio) context tokens of each sample b."""
+    from framework.models.compression.skeleton import Compressed
+
+    parts = []
+    for b in range(ctx.shape[0]):
+        n = int(mask[b].sum())
+        parts.append(reader.token_memory(ctx[b:b + 1], mask[b:b + 1], keep_tokens=truncation_budget(n, ratio)))
+    return Compressed(memory=[p.memory[0] for p in parts], aux_loss=parts[0].aux_loss,
+                      context_tokens=[p.context_tokens[0] for p in parts],
+                      memory_slots=[p.memory_slots[0] for p in parts])
+
+
+def answer_texts(model, comp, batch, tokenizer, max_new_tokens: int) -> list:
+    ids = model.answer(comp.memory, batch["question_ids"], batch["question_mask"], max_new_tokens,
+                       tokenizer.eos_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def evaluate(reader, compressors: dict, tokenizer, source, n: int, ratios, args, log=None) -> dict:
+    """{setting: Tally}; settings "uncompressed", ("truncation", r) and (name, r) for each compressor."""
+    import torch
+
+    from framework.models.compression import ram as ram_ops
+
+    tallies = {"uncompressed": Tally()}
+    for r in ratios:
+        tallies["truncation", r] = Tally()
+        for name in compressors:
+            tallies[name, r] = Tally()
+
+    def run(setting, model, build, batch):
+        t0 = time.perf_counter()
+        comp = build()
+        texts = answer_texts(model, comp, batch, tokenizer, args.max_new_tokens)
+        tallies[setting].seconds += time.perf_counter() - t0
+        tallies[setting].add(comp, texts, batch["answers"])
+        return comp
+
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, n, args.eval_batch):
+            batch = make_batch(source, lo, min(n, lo + args.eval_batch))
+            ctx, mask = batch["context_ids"], batch["context_mask"]
+            q, q_mask = batch["question_ids"], batch["question_mask"]
+            run("uncompressed", reader, lambda: reader.token_memory(ctx, mask), batch)
+            for r in ratios:
+                run(("truncation", r), reader, lambda: truncated_memory(reader, ctx, mask, r), batch)
+                for name, model in compressors.items():
+                    is_ram = model.config.method == "ram"
+                    evidence = batch["evidence_mask"] if is_ram else None
+                    comp = run((name, r), model, lambda: model.compress(ctx, mask, q, q_mask, evidence, ratio=r),
+                               batch)
+                    if is_ram:
+                        t = tallies[name, r]
+                        seg = model.config.segment_size
+                        for kept, positives, tokens in zip(comp.kept, comp.positives, comp.context_tokens):
+                            t.recall_hits += len(set(kept) & set(positives))
+                            t.recall_total += len(positives)
+                            t.kept_share.append(len(kept) / max(1, len(ram_ops.segment_bounds(tokens, seg))))
+            if log:
+                log(f"eval {min(n, lo + args.eval_batch)}/{n} samples ({time.perf_counter() - t_start:.0f}s)")
+    return tallies
+
+
+def reader_exact_match(reader, tokenizer, source, n: int, args) -> dict:
+    import torch
+
+    tally = Tally()
+    with torch.no_grad():
+        for lo in range(0, n, args.eval_batch):
+            batch = make_batch(source, lo, min(n, lo + args.eval_batch))
+            comp = reader.token_memory(batch["context_ids"], batch["context_mask"])
+            tally.add(comp, answer_texts(reader, comp, batch, tokenizer, args.max_new_tokens), batch["answers"])
+    return tally.summary()
+
+
+# ---------------------------------------------------------------------------------------- claims and plot
+def claims(table: dict, ratio: int, recall: dict) -> dict:
+    """The papers' claims at the trained ratio, as booleans with the numbers behind them."""
+    key = str(ratio)
+    out = {}
+    for a, b in (("ram", "mean_pool"), ("comi", "mean_pool"), ("ram", "truncation"), ("comi", "truncation")):
+        if a not in table or b not in table:
+            continue
+        ta, tb = table[a][key], table[b][key]
+        name = f"{a}_beats_{b}_at_{ratio}x"
+        ca, cb = ta["_correct"], tb["_correct"]
+        out[name] = ta["exact_match"] > tb["exact_match"]
+        out[name + "_detail"] = {
+            f"{a}_exact_match": ta["exact_match"], f"{b}_exact_match": tb["exact_match"],
+            "difference": round(ta["exact_match"] - tb["exact_match"], 4),
+            f"only_{a}_right": sum(x and not y for x, y in zip(ca, cb)),
+            f"only_{b}_right": sum(y and not x for x, y in zip(ca, cb)),
+            "stderr": {a: ta["exact_match_stderr"], b: tb["exact_match_stderr"]}, "samples": ta["samples"],
+            "achieved_ratio": {a: ta["ratio"], b: tb["ratio"]}}
+    if recall is not None:
+        rec, chance = recall.get("answer_segment_recall"), recall.get("chance_kept_share")
+        out[f"ram_recall_above_chance_at_{ratio}x"] = rec is not None and chance is not None and rec > chance
+        out[f"ram_answer_segment_recall_at_{ratio}x"] = rec
+        out[f"ram_answer_segment_recall_at_{ratio}x_detail"] = {
+            "recall": rec, "chance_kept_share": chance, "answer_segments": recall.get("answer_segments"),
+            "keep_fraction": recall.get("keep_fraction")}
+    return out
+
+
+def make_plot(result: dict, path: str) -> str:
+    from framework.eval.plots import ratio_plot
+
+    series = {}
+    for name in (*result["compressors"], "truncation"):
+        rows = result["settings"][name]
+        keys = sorted(rows, key=float)
+        series[name] = ([rows[k]["ratio"] for k in keys], [rows[k]["exact_match"] for k in keys])
+    a = result["args"]
+    refs = {f"uncompressed ({a['seq_len']} tokens)": result["exact_match"]["uncompressed"],
+            f"reader at its training length ({a['reader_seq_len']})": result["reader"]["exact_match_at_reader_seq_len"]}
+    title = (f"QA facts, {a['eval_samples']} samples of {a['seq_len']} tokens; trained at {a['ratio']}x, "
+             f"{a['steps']} steps")
+    return ratio_plot(series, path, title=title, xlabel="achieved compression ratio (context tokens / memory slots)",
+                      ylabel="exact match", references=refs, ylim=(-0.02, 1.02))
+
+
+# ---------------------------------------------------------------------------------------- command
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=128, help="width of the tiny Qwen3 (2 layers, 4 heads)")
+    p.add_argument("--reader-seq-len", type=int, default=128, help="context tokens of stage 0 (the reader)")
+    p.add_argument("--reader-steps", type=int, default=1500)
+    p.add_argument("--reader-lr", type=float, default=3e-3)
+    p.add_argument("--reader-warmup", type=int, default=50)
+    p.add_argument("--seq-len", type=int, default=256, help="context tokens of stage 1 and of the evaluation")
+    p.add_argument("--steps", type=int, default=400, help="training steps of each compressor")
+    p.add_argument("--batch", type=int, default=32, help="samples per training step (both stages)")
+    p.add_argument("--lr", type=float, default=1e-3, help="compressor learning rate")
+    p.add_argument("--warmup", type=int, default=None, help="compressor warmup steps (default: 10%% of --steps)")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="the cosine ends at this fraction of the lr")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ratio", type=int, default=8, help="compression ratio the compressors train at")
+    p.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="evaluation ratios (must hold --ratio)")
+    p.add_argument("--segment-size", type=int, default=16, help="RAM's segment length")
+    p.add_argument("--encoder-layers", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--eval-samples", type=int, default=128)
+    p.add_argument("--eval-batch", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=10, help="longest greedy answer (the gold is 6-7 tokens)")
+    p.add_argument("--seed", type=int, default=0, help="model seed and reader data seed (compressors: seed + 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--log-every", type=int, default=100, help="progress line on stderr every N steps (0: never)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compression_qa.json"))
+    p.add_argument("--plot", default=str(REPO / "docs" / "img" / "compression_qa.png"))
+    args = p.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+        args.log_every = 0
+    if args.warmup is None:
+        args.warmup = max(1, args.steps // 10)
+    args.ratios = sorted(set(args.ratios))
+    if args.ratio not in args.ratios:
+        p.error(f"--ratios {args.ratios} must include the training --ratio {args.ratio}")
+    if min(args.ratios) < 1:
+        p.error("--ratios must be >= 1")
+    for flag in ("reader_steps", "steps", "batch", "eval_samples", "eval_batch", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    from data_pipelines import build_source
+    from data_pipelines.tokenizer import load_project_tokenizer
+    from framework.methods.base_model import build_base_model, tiny_qwen3
+    from framework.methods.compression import set_trainable
+    from framework.models.compression.config import CompressorConfig
+    from framework.models.compression.ram import keep_fraction_for_ratio
+    from framework.models.compression.skeleton import CompressorForQA
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    log = lambda msg: print(f"[compression_qa] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    tok = load_project_tokenizer()
+    specs = {
+        "reader_train": {"kind": "qa_facts", "seq_len": args.reader_seq_len, "seed": args.seed,
+                         "num_samples": args.reader_steps * args.batch},
+        "reader_eval": {"kind": "qa_facts", "seq_len": args.reader_seq_len, "seed": EVAL_SEED,
+                        "num_samples": args.eval_samples},
+        "compressor_train": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": args.seed + 1,
+                             "num_samples": args.steps * args.batch},
+        "eval": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": EVAL_SEED, "num_samples": args.eval_samples},
+    }
+    sources = {k: build_source(dict(v), tok) for k, v in specs.items()}
+
+    # ---- stage 0: the reader (a CompressorForQA used only through token_memory / answer_loss / answer)
+    base = build_base_model(tiny_qwen3(hidden_size=args.hidden), vocab_size=len(tok), seed=args.seed)
+    torch.manual_seed(args.seed)
+    reader = CompressorForQA(base, CompressorConfig(method="comi", encoder_layers=args.encoder_layers,
+                                                    alignment="linear"))
+    for p in reader.parameters():
+        p.requires_grad_(False)
+    reader_params = list(reader.decoder.parameters())
+    for p in reader_params:
+        p.requires_grad_(True)
+    reader_init_hash = state_hash(reader.decoder)
+
+    def reader_step(model, batch):
+        loss = answer_loss_of_memory(model, model.token_memory(batch["context_ids"], batch["context_mask"]).memory,
+                                     batch)
+        return loss, loss.new_zeros(()), {}
+
+    def reader_batch(step):
+        return tensors(make_batch(sources["reader_train"], step * args.batch, (step + 1) * args.batch))
+
+    log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} x {args.reader_seq_len}-token contexts")
+    reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,
+                             args.reader_steps, args.reader_lr, args.reader_warmup, args)
+    for p in reader.parameters():
+        p.requires_grad_(False)
+    reader_hash = state_hash(reader.decoder)
+    t0 = time.perf_counter()
+    reader_info["exact_match_at_reader_seq_len_detail"] = reader_exact_match(
+        reader, tok, sources["reader_eval"], args.eval_samples, args)
+    reader_info["exact_match_at_reader_seq_len"] = reader_info["exact_match_at_reader_seq_len_detail"]["exact_match"]
+    reader_info["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"reader exact match at {args.reader_seq_len} tokens: {reader_info['exact_match_at_reader_seq_len']:.3f}")
+
+    # ---- stage 1: the compressors, each from its own copy of the reader
+    compressors, per_model = {}, {}
+
+    def compressor_batch(step):
+        return tensors(make_batch(sources["compressor_train"], step * args.batch, (step + 1) * args.batch))
+
+    def compressor_step(model, batch):
+        out = model(**batch)
+        return out.loss_sum / out.num_tokens, out.aux_loss, {"ratio": out.compressed.ratio,
+                                                              "answer_segment_recall": _recall(out.compressed)}
+
+    for name in args.models:
+        method, settings = method_settings(name, args)
+        cfg = settings.model_config(method)
+        torch.manual_seed(args.seed)
+        model = CompressorForQA(copy.deepcopy(reader.decoder), cfg)
+        info = {"method": method, "config": cfg.to_dict(), "decoder_hash_at_start": state_hash(model.decoder),
+                "encoder_hash_at_start": state_hash(model.encoder)}
+        groups = set_trainable(model, settings)
+        log(f"stage 1: {name}, {args.steps} steps of {args.batch} x {args.seq_len}-token contexts at {args.ratio}x")
+        info.update(train_loop(name, model, groups, compressor_batch, compressor_step, args.steps, args.lr,
+                               args.warmup, args))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        compressors[name] = model
+        per_model[name] = info
+
+    # ---- evaluation
+    t0 = time.perf_counter()
+    log(f"evaluating {args.eval_samples} samples at ratios {args.ratios}")
+    tallies = evaluate(reader, compressors, tok, sources["eval"], args.eval_samples, args.ratios, args, log=log)
+    eval_seconds = time.perf_counter() - t0
+
+    settings_table, em = {}, {"uncompressed": tallies["uncompressed"].summary()["exact_match"]}
+    for name in (*compressors, "truncation"):
+        is_ram = name in compressors and compressors[name].config.method == "ram"
+        settings_table[name] = {}
+        for r in args.ratios:
+            row = tallies[name, r].summary(recall=is_ram)
+            if is_ram:
+                row["keep_fraction"] = round(keep_fraction_for_ratio(r, args.segment_size), 6)
+            if name == "truncation":
+                row["budget_rule"] = "ceil(n / r) head tokens of a sample with n context tokens"
+            settings_table[name][str(r)] = row
+        em[name] = {str(r): settings_table[name][str(r)]["exact_match"] for r in args.ratios}
+    with_correct = {name: {str(r): {**settings_table[name][str(r)], "_correct": tallies[name, r].correct}
+                           for r in args.ratios} for name in settings_table}
+    ram_name = next((n for n, m in compressors.items() if m.config.method == "ram"), None)
+    ram_row = settings_table[ram_name][str(args.ratio)] if ram_name else None
+
+    eval_source = sources["eval"]
+    context_tokens = [int(eval_source[i]["context_mask"].sum()) for i in range(args.eval_samples)]
+    examples = []
+    for i in range(min(NUM_EXAMPLES, args.eval_samples)):
+        sample = eval_source[i]
+        q = tok.decode(sample["question_ids"][sample["question_mask"]].tolist(), skip_special_tokens=True)
+        preds = {"uncompressed": tallies["uncompressed"].predictions[i]}
+        for name in (*compressors, "truncation"):
+            preds[f"{name}/{args.ratio}"] = tallies[name, args.ratio].predictions[i]
+        examples.append({"question": q, "answers": list(sample["answers"]), "predictions": preds})
+
+    result = {
+        "benchmark": "compression_qa",
+        "description": "a random tiny Qwen3 trained as a reader of uncompressed qa_facts contexts, then RAM, COMI "
+                       "and mean pooling trained from copies of it at one ratio; greedy exact match on held-out "
+                       "samples by ratio, against truncation to the same budget and the uncompressed reader",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "python": platform.python_version(), "device": "cpu", "load_avg_1m_at_end": None},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "plot")},
+        "compressors": {name: LABELS[name] for name in compressors},
+        "baselines": {k: LABELS[k] for k in ("truncation", "uncompressed")},
+        "data": {**specs, "eval_context_tokens": context_tokens,
+                 "note": "qa_facts: whole ' key: 12345.' facts fill each context up to seq_len tokens"},
+        "exact_match": em,
+        "settings": {**settings_table, "uncompressed": tallies["uncompressed"].summary()},
+        "reader": {"hash": reader_hash, "hash_at_init": reader_init_hash, "hash_at_end": state_hash(reader.decoder),
+                   "parameters": sum(p.numel() for p in reader.decoder.parameters()), **reader_info},
+        "per_model": per_model,
+        "claims": claims(with_correct, args.ratio, ram_row),
+        "examples": examples,
+        "timing": {"reader_train_seconds": reader_info["train_seconds"],
+                   **{f"{n}_train_seconds": per_model[n]["train_seconds"] for n in per_model},
+                   "eval_seconds": round(eval_seconds, 1)},
+    }
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    result["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    plot = Path(make_plot(result, args.plot)).resolve()
+    result["plot"] = str(plot.relative_to(REPO)) if plot.is_relative_to(REPO) else str(plot)
+    text = json.dumps(result, indent=2)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""benchmarks/compression_qa.py in its --quick mode: the JSON's shape (every compressor and truncation at
+every ratio, the claim keys, machine info), the files it writes, truncation's ceil(n/r) budget, and that
+every compressor starts from the same reader weights."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "compression_qa.py"
+COMPRESSORS = {"ram", "comi", "mean_pool"}
+RATIOS = {"4", "8", "16"}
+CLAIMS = {"ram_beats_mean_pool_at_8x", "comi_beats_mean_pool_at_8x", "ram_beats_truncation_at_8x",
+          "comi_beats_truncation_at_8x", "ram_recall_above_chance_at_8x"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("compression_qa_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compression_qa")
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png")])
+    finally:
+        torch.set_num_threads(threads)
+    return result, out
+
+
+def test_json_shape_and_files(quick_run):
+    result, out = quick_run
+    written = json.loads((out / "r.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(written["compressors"]) == COMPRESSORS
+    em = written["exact_match"]
+    assert set(em) == COMPRESSORS | {"truncation", "uncompressed"}
+    assert 0.0 <= em["uncompressed"] <= 1.0
+    n = written["args"]["eval_samples"]
+    for name in COMPRESSORS | {"truncation"}:
+        assert set(em[name]) == RATIOS
+        for r, row in written["settings"][name].items():
+            assert row["samples"] == n
+            assert 0.0 <= row["exact_match"] <= 1.0 and row["exact_match"] == em[name][r]
+            assert row["ratio"] > 1.0
+    for r, row in written["settings"]["ram"].items():
+        assert {"answer_segment_recall", "chance_kept_share", "keep_fraction"} <= set(row)
+    claims = written["claims"]
+    assert CLAIMS <= set(claims)
+    assert all(isinstance(claims[k], bool) for k in CLAIMS)
+    assert all(k + "_detail" in claims for k in CLAIMS - {"ram_recall_above_chance_at_8x"})
+    recall = claims["ram_answer_segment_recall_at_8x"]
+    assert recall is None or 0.0 <= recall <= 1.0
+    assert "chance_kept_share" in claims["ram_answer_segment_recall_at_8x_detail"]
+    for key in ("platform", "cpus", "torch", "threads", "device"):
+        assert key in written["machine"]
+    assert written["machine"]["threads"] == 1
+    assert written["wall_seconds"] > 0
+    for key in ("reader_train_seconds", "ram_train_seconds", "comi_train_seconds", "mean_pool_train_seconds",
+                "eval_seconds"):
+        assert key in written["timing"]
+    assert 0.0 <= written["reader"]["exact_match_at_reader_seq_len"] <= 1.0
+
+
+def test_truncation_budget_is_ceil_n_over_r(bench, quick_run):
+    assert bench.truncation_budget(256, 8) == 32
+    assert bench.truncation_budget(250, 8) == 32
+    assert bench.truncation_budget(249, 16) == 16
+    assert bench.truncation_budget(7, 8) == 1
+    written = json.loads(json.dumps(quick_run[0]))
+    lengths = written["data"]["eval_context_tokens"]
+    assert len(lengths) == written["args"]["eval_samples"]
+    for r, row in written["settings"]["truncation"].items():
+        assert row["context_tokens_total"] == sum(lengths)
+        assert row["memory_slots_total"] == sum(math.ceil(n / int(r)) for n in lengths)
+
+
+def test_every_compressor_starts_from_the_reader(quick_run):
+    written = json.loads(json.dumps(quick_run[0]))
+    reader = written["reader"]
+    assert reader["hash"] != reader["hash_at_init"]  # stage 0 trained it
+    assert reader["hash_at_end"] == reader["hash"]  # stage 1 trained copies, not the reader
+    for name, info in written["per_model"].items():
+        assert info["decoder_hash_at_start"] == reader["hash"], name
+        assert info["trainable_parameters"]["decoder"] > 0 and info["trainable_parameters"]["encoder"] > 0
+    configs = {name: info["config"] for name, info in written["per_model"].items()}
+    assert configs["ram"]["method"] == "ram" and configs["ram"]["segment_size"] == 16
+    assert configs["comi"]["coarse"] and configs["comi"]["fine"]
+    assert not configs["mean_pool"]["coarse"] and not configs["mean_pool"]["fine"]
+    same = {k: v for k, v in configs["comi"].items() if k not in ("coarse", "fine")}
+    assert same == {k: v for k, v in configs["mean_pool"].items() if k not in ("coarse", "fine")}
+
+
+def test_state_hash_sees_every_weight(bench):
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert bench.state_hash(a) == bench.state_hash(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-6
+    assert bench.state_hash(a) != bench.state_hash(b)
