@@ -40,16 +40,23 @@ def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
 
 
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *, title: str,
-              xlabel: str, ylabel: str, logx: bool = False, logy: bool = False) -> str:
-    """One line per name: series[name] = (xs, ys)."""
+              xlabel: str, ylabel: str, logx: bool = False, logy: bool = False,
+              references: Mapping[str, float] | None = None, ylim: tuple[float, float] | None = None) -> str:
+    """One line per name: series[name] = (xs, ys); a dashed horizontal line per reference value.
+    logx draws a log-2 x axis with plain tick labels."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), marker="o", label=name)
+    for i, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, linestyle="--", color=f"C{len(series) + i}", label=name)
     if logx:
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}"))
     if logy:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -65,25 +72,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
 def ratio_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *, title: str,
                xlabel: str, ylabel: str, references: Mapping[str, float] | None = None,
                ylim: tuple[float, float] | None = None) -> str:
-    """A metric against compression ratio on a log-2 x axis: one line per name (series[name] = (xs, ys)),
-    and a dashed horizontal line per reference (e.g. the uncompressed prompt's score)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o", label=name)
-    for i, (name, value) in enumerate((references or {}).items()):
-        ax.axhline(value, linestyle="--", color=f"C{len(series) + i}", label=name)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}"))
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """A metric against compression ratio on a log-2 x axis (see line_plot), e.g. with the
+    uncompressed prompt's score as a reference."""
+    return line_plot(series, path, title=title, xlabel=xlabel, ylabel=ylabel, logx=True, references=references,
+                     ylim=ylim)
