@@ -86,7 +86,8 @@ LABELS = {
     "uncompressed": "stage-0 reader on the whole context",
 }
 EVAL_SEED = 12345  # held-out facts; training uses --seed (reader) and --seed + 1 (compressors)
-QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, reader_seq_len=64, reader_warmup=1,
+QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, reader_seq_len=64, reader_curriculum=[32],
+             reader_warmup=1,
              warmup=1, eval_batch=8, max_new_tokens=8)
 NUM_EXAMPLES = 3
 
@@ -391,7 +392,10 @@ def make_plot(result: dict, path: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=128, help="width of the tiny Qwen3 (2 layers, 4 heads)")
-    p.add_argument("--reader-seq-len", type=int, default=128, help="context tokens of stage 0 (the reader)")
+    p.add_argument("--reader-seq-len", type=int, default=256, help="context tokens of stage 0's last phase (the reader)")
+    p.add_argument("--reader-curriculum", type=lambda s: [int(x) for x in s.split(",") if x], default=[32, 64, 128],
+                   help="shorter context lengths that the reader trains on first, an equal share of the steps each")
+    p.add_argument("--digits", type=int, default=2, help="digits of each fact's value (the answer)")
     p.add_argument("--reader-steps", type=int, default=1500)
     p.add_argument("--reader-lr", type=float, default=3e-3)
     p.add_argument("--reader-warmup", type=int, default=50)
@@ -455,15 +459,19 @@ def main(argv=None) -> dict:
     log = lambda msg: print(f"[compression_qa] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     tok = load_project_tokenizer()
     specs = {
-        "reader_train": {"kind": "qa_facts", "seq_len": args.reader_seq_len, "seed": args.seed,
-                         "num_samples": args.reader_steps * args.batch},
+        **{f"reader_train_{n}": {"kind": "qa_facts", "seq_len": n, "seed": args.seed,
+                                  "num_samples": args.reader_steps * args.batch}
+           for n in args.reader_curriculum + [args.reader_seq_len]},
         "reader_eval": {"kind": "qa_facts", "seq_len": args.reader_seq_len, "seed": EVAL_SEED,
                         "num_samples": args.eval_samples},
         "compressor_train": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": args.seed + 1,
                              "num_samples": args.steps * args.batch},
         "eval": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": EVAL_SEED, "num_samples": args.eval_samples},
     }
+    for spec in specs.values():
+        spec["digits"] = args.digits
     sources = {k: build_source(dict(v), tok) for k, v in specs.items()}
+    phases = args.reader_curriculum + [args.reader_seq_len]
 
     # ---- stage 0: the reader (a CompressorForQA used only through token_memory / answer_loss / answer)
     base = build_base_model(tiny_qwen3(hidden_size=args.hidden), vocab_size=len(tok), seed=args.seed)
@@ -482,10 +490,11 @@ def main(argv=None) -> dict:
                                      batch)
         return loss, loss.new_zeros(()), {}
 
-    def reader_batch(step):
-        return tensors(make_batch(sources["reader_train"], step * args.batch, (step + 1) * args.batch))
+    def reader_batch(step):  # the curriculum: an equal share of the steps at each length, shortest first
+        phase = phases[min(len(phases) - 1, step * len(phases) // args.reader_steps)]
+        return tensors(make_batch(sources[f"reader_train_{phase}"], step * args.batch, (step + 1) * args.batch))
 
-    log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} x {args.reader_seq_len}-token contexts")
+    log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} contexts of {phases} tokens (curriculum)")
     reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,
                              args.reader_steps, args.reader_lr, args.reader_warmup, args)
     for p in reader.parameters():

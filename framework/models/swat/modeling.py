@@ -171,6 +171,7 @@ class SWATModel(SWATPreTrainedModel):
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Run the decoder. `attention_mask` is 2D (batch, past + new tokens), 1 = real token;
@@ -178,6 +179,7 @@ class SWATModel(SWATPreTrainedModel):
         `use_cache` defaults to config.use_cache in eval mode and to False in training mode."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("SWATModel needs exactly one of input_ids or inputs_embeds. Fix: pass one of them.")
+        past_key_values = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
@@ -213,8 +215,8 @@ class SWATModel(SWATPreTrainedModel):
             all_hidden.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **_cache_field(BaseModelOutputWithPast, past_key_values if use_cache else None),
         )
 
 
@@ -255,6 +257,7 @@ class SWATForCausalLM(SWATPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         cache_position: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """logits_to_keep: an int k > 0 computes logits for the last k positions only; a 1D tensor
@@ -263,7 +266,7 @@ class SWATForCausalLM(SWATPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache_position=cache_position,
@@ -280,9 +283,19 @@ class SWATForCausalLM(SWATPreTrainedModel, GenerationMixin):
             loss_kwargs = {k: v for k, v in kwargs.items()
                            if k in ("num_items_in_batch", "ignore_index", "shift_labels")}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      **_cache_field(CausalLMOutputWithPast, _output_cache(outputs)))
+
+
+def _cache_field(output_cls, cache) -> dict:
+    """The KV cache under the field name of this transformers version's outputs (`cache`, formerly
+    `past_key_values`)."""
+    return {"cache" if "cache" in output_cls.__dataclass_fields__ else "past_key_values": cache}
+
+
+def _output_cache(outputs):
+    return getattr(outputs, "cache", None) if "cache" in type(outputs).__dataclass_fields__ \
+        else outputs.past_key_values
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, batch: int, total: int) -> torch.Tensor | None:
