@@ -4,6 +4,7 @@
 #   bash cluster/install.sh           # runtime only
 #   bash cluster/install.sh --dev     # + test tools
 #   bash cluster/install.sh --docs    # + mkdocs
+#   bash cluster/install.sh --dev --docs  # both
 #
 # torch is chosen so that a CPU-only machine never downloads a multi-GB CUDA build:
 #   1. LONGCTX_TORCH_SPEC set      -> pip install $LONGCTX_TORCH_SPEC (word-split, so it
@@ -21,14 +22,19 @@ PIP=("$PY" -m pip)
 CPU_TORCH_VERSION="2.13.0"
 CPU_TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 
+extras=()
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras+=(dev) ;;
+    --docs) extras+=(docs) ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--dev] [--docs]" >&2; exit 2 ;;
+  esac
+done
 extra=""
-case "${1:-}" in
-  "") ;;
-  --dev) extra="[dev]" ;;
-  --docs) extra="[docs]" ;;
-  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--dev|--docs]" >&2; exit 2 ;;
-esac
+if (( ${#extras[@]} )); then
+  extra="[$(IFS=,; echo "${extras[*]}")]"
+fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "[install] $*"; }

@@ -1,0 +1,173 @@
+"""Render benchmark numbers into the docs from ``benchmarks/results/*.json``, never by hand.
+
+A page may hold placeholders ``{{ EXPR }}`` or ``{{ EXPR | FORMAT }}``. EXPR is a Python expression
+evaluated with:
+
+* ``R``: every ``benchmarks/results/<name>.json``, as ``R.<name>`` (attribute or ``[...]`` access;
+  numeric keys with ``[...]``, e.g. ``R.swat_length.loss_by_length.vanilla["8192"]``);
+* the table functions below (``comet_memory_table()``, ``swat_length_table()``, ...), which return
+  whole Markdown tables, and ``machine(name)``, the machine line of one result file.
+
+FORMAT is a :func:`format` spec (``.2f``, ``,.0f``, ``.1%``). The hook (``on_page_markdown``, wired in
+``mkdocs.yml``) renders every page, so any page can cite a number this way. A placeholder that
+does not evaluate fails the build, so a renamed key cannot leave a stale number behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+PLACEHOLDER = re.compile(r"\{\{\s*(.+?)\s*(?:\|\s*([^{}|]*?)\s*)?\}\}", re.DOTALL)
+
+
+class Node:
+    """Attribute access over parsed JSON; leaves come back as plain Python values."""
+
+    def __init__(self, data: Any, path: str):
+        self._data, self._path = data, path
+
+    def _wrap(self, value: Any, key: Any) -> Any:
+        return Node(value, f"{self._path}.{key}") if isinstance(value, (dict, list)) else value
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self[key]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._wrap(self._data[key], key)
+        except (KeyError, IndexError, TypeError) as err:
+            raise KeyError(f"{self._path} has no {key!r}") from err
+
+    def __iter__(self):
+        items = self._data if isinstance(self._data, list) else list(self._data)
+        return (self._wrap(v, i) for i, v in enumerate(items)) if isinstance(self._data, list) else iter(items)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def raw(self) -> Any:
+        return self._data
+
+
+def load_results(results: Path = RESULTS) -> Node:
+    return Node({p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}, "R")
+
+
+def _n(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def make_namespace(R: Node) -> dict[str, Any]:
+    def machine(name: str) -> str:
+        m = R[name].machine.raw()
+        parts = [f"{m['cpus']} CPU cores" if "cpus" in m else None,
+                 f"{m['threads']} torch threads" if "threads" in m else None,
+                 m.get("device", "cpu").upper() if "device" in m else None,
+                 f"torch {m['torch']}" if "torch" in m else None,
+                 f"Python {m['python']}" if "python" in m else None,
+                 f"platform `{m['platform']}`" if "platform" in m else None,
+                 f"1-minute load average {m['load_avg_1m_at_end']} at the end" if "load_avg_1m_at_end" in m else None]
+        return ", ".join(p for p in parts if p)
+
+    def comet_memory_table() -> str:
+        rows = []
+        for r in R.comet_memory.rows.raw():
+            c, f = r["comet"], r.get("full_attention")
+            row = [f"{r['prefix_tokens']:,}", _n(c["peak_rss_mb"], ",.0f"), _n(c["prefill_ms_per_token"], ".2f"),
+                   _n(c["decode_ms_per_token"], ".1f")]
+            if isinstance(f, dict) and "peak_rss_mb" in f:
+                row += [_n(f["peak_rss_mb"], ",.0f"), _n(f["prefill_ms_per_token"], ".2f"),
+                        _n(f["decode_ms_per_token"], ".1f")]
+            elif isinstance(f, dict) and "failed" in f:
+                row += [f"failed ({f['failed']})", "", ""]
+            elif isinstance(f, dict) and "skipped" in f:
+                row += [f"not run ({f['skipped']})", "", ""]
+            else:
+                row += ["not run", "", ""]
+            rows.append(row)
+        return _table(["prefix tokens", "CoMeT peak RSS (MB)", "CoMeT prefill (ms/token)", "CoMeT decode (ms/token)",
+                       "full attention peak RSS (MB)", "full attention prefill (ms/token)",
+                       "full attention decode (ms/token)"], rows)
+
+    def swat_length_table() -> str:
+        d = R.swat_length.raw()
+        lengths = [str(x) for x in d["data"]["eval_lengths"]]
+        rows = [[f"`{m}`: {d['models'][m]}", str(d["per_model"][m]["train_length"])]
+                + [_n(d["loss_by_length"][m].get(L), ".3f") for L in lengths] for m in d["args"]["models"]]
+        return _table(["model", "trained at"] + [f"loss at {int(L):,}" for L in lengths], rows)
+
+    def passkey_table(*names: str) -> str:
+        names = names or ("passkey_tiny", "passkey_tiny_no_gate", "passkey_tiny_no_temp")
+        lengths = sorted({int(L) for n in names for L in R[n].accuracy.raw()})
+        rows = []
+        for n in names:
+            d = R[n].raw()
+            rows.append([f"`{n}.json`", f"`{d['model']}`"]
+                        + [_n(d["accuracy"].get(str(L)), ".2f") for L in lengths] + [_n(d["overall_accuracy"], ".3f")])
+        return _table(["result", "model"] + [f"accuracy at {L:,}" for L in lengths] + ["overall"], rows)
+
+    def data_table() -> str:
+        d = R.data.raw()
+        rows = [["`longctx data prepare`", _n(d["prepare"]["seconds"], ".1f"), _n(d["prepare"]["tokens_per_s"], ",")],
+                ["HF `datasets` map + group_texts", _n(d["baseline_hf_datasets_map_group_texts"]["seconds"], ".1f"),
+                 _n(d["baseline_hf_datasets_map_group_texts"]["tokens_per_s"], ",")]]
+        return _table(["tokenize " + f"{d['corpus']['tokens']:,} tokens", "seconds", "tokens/s"], rows)
+
+    def loader_table() -> str:
+        rows = [[f"{r['seq_len']:,}", str(r["batch_size"]), _n(r["tokens_per_s"], ",")] for r in R.data.loader.raw()]
+        return _table(["seq_len", "batch size", "loader tokens/s"], rows)
+
+    def compression_table() -> str:
+        d = R.compression_qa_short.raw()
+        ratios = [str(r) for r in d["args"]["ratios"]]
+        em = d["exact_match"]
+        rows = [[name] + [_n(em[name].get(r), ".2f") for r in ratios] for name in ("ram", "comi", "mean_pool", "truncation")]
+        rows.append(["uncompressed"] + [_n(em["uncompressed"], ".2f")] * len(ratios))
+        return _table(["method"] + [f"exact match at {r}x" for r in ratios], rows)
+
+    return {"R": R, "machine": machine, "comet_memory_table": comet_memory_table,
+            "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
+            "loader_table": loader_table, "compression_table": compression_table,
+            "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "round": round}
+
+
+def render(markdown: str, results: Path = RESULTS) -> str:
+    """Replace every ``{{ EXPR | FORMAT }}`` in ``markdown`` by its value from the result files."""
+    ns = make_namespace(load_results(results))
+
+    def sub(m: re.Match) -> str:
+        expr, spec = m.group(1), m.group(2)
+        try:
+            value = eval(expr, {"__builtins__": {}}, ns)  # noqa: S307  (the docs' own expressions)
+        except Exception as err:
+            raise ValueError(f"benchmark placeholder {m.group(0)!r}: {type(err).__name__}: {err}") from err
+        if isinstance(value, Node):
+            value = value.raw()
+        return format(value, spec) if spec else str(value)
+
+    return PLACEHOLDER.sub(sub, markdown)
+
+
+# ---- mkdocs hook ----------------------------------------------------------------------------------
+
+def on_page_markdown(markdown, page, config, files):
+    return render(markdown) if "{{" in markdown else markdown
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(render(Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "docs" / "benchmarks.md").read_text()), end="")
