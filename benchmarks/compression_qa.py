@@ -13,11 +13,13 @@ of key?", the answer " 12345" + eos; the queried fact's tokens are the evidence)
 
 1. Stage 0, the reader. The papers start from a pretrained LLM that can already read; a random tiny
    Qwen3 (hidden 128, 2 layers, 4 heads, on the project tokenizer) cannot, so it is first trained as a
-   plain reader of UNCOMPRESSED contexts of ``--reader-seq-len`` tokens (default 128): the loss is the
-   answer cross-entropy over ``[context tokens ; question ; answer]`` (``token_memory`` of the whole
-   context, then ``answer_loss``), every decoder weight trains (AdamW, lr ``--reader-lr`` 3e-3, warmup
-   ``--reader-warmup`` 50 steps, cosine), ``--reader-steps`` (1500) steps of ``--batch`` (32) samples.
-   Its exact match on held-out uncompressed contexts of that length is reported.
+   plain reader of UNCOMPRESSED contexts: the loss is the answer cross-entropy over
+   ``[context tokens ; question ; answer]`` (``token_memory`` of the whole context, then
+   ``answer_loss``), every decoder weight trains (AdamW, lr ``--reader-lr`` 3e-3, warmup
+   ``--reader-warmup`` 50 steps, cosine), ``--reader-steps`` (1500) steps of ``--batch`` (32) samples,
+   as a curriculum: equal shares of the steps at each length of ``--reader-curriculum`` (32, 64, 128)
+   and then at ``--reader-seq-len`` (256). Values have ``--digits`` (2) digits. Its exact match on
+   held-out uncompressed contexts of ``--reader-seq-len`` tokens is reported.
 2. Stage 1, three compressors, each built on its own deep copy of that reader (the JSON records a
    hash of the reader's weights and of every compressor's decoder before its first step; they are
    equal) and trained on contexts of ``--seq-len`` (256) tokens at ``--ratio`` (8):
