@@ -269,15 +269,8 @@ class Tally:
 
 def truncated_memory(reader, ctx, mask, ratio: float):
     """The reader's token memory of the first ceil(n_b / ratio) context tokens of each sample b."""
-    from framework.models.compression.skeleton import Compressed
-
-    parts = []
-    for b in range(ctx.shape[0]):
-        n = int(mask[b].sum())
-        parts.append(reader.token_memory(ctx[b:b + 1], mask[b:b + 1], keep_tokens=truncation_budget(n, ratio)))
-    return Compressed(memory=[p.memory[0] for p in parts], aux_loss=parts[0].aux_loss,
-                      context_tokens=[p.context_tokens[0] for p in parts],
-                      memory_slots=[p.memory_slots[0] for p in parts])
+    budgets = [truncation_budget(int(n), ratio) for n in mask.sum(dim=1)]
+    return reader.token_memory(ctx, mask, keep_tokens=budgets)
 
 
 def answer_texts(model, comp, batch, tokenizer, max_new_tokens: int) -> list:

@@ -48,6 +48,7 @@ from data_pipelines.errors import BadRecordError, DataConfigError, require
 from data_pipelines.synthetic import sample_rng
 
 QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
+QA_KINDS = ("qa_facts", "qa_jsonl")  # the data kinds of this module (question-answer samples)
 FACTS_QUESTION = "What is the value of {key}?"
 ON_BAD_RECORD = ("fail", "skip")
 _TEMPLATE_WORDS = frozenset({"question", "what", "is", "the", "value", "of", "answer"})

@@ -47,12 +47,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from data_pipelines.qa import QA_KINDS
+
 DEFAULT_RATIOS = "4,8,16,32"
 DEFAULT_OUT = os.path.join("outputs", "eval", "qa")
 DEFAULT_SEED = 12345  # the facts task's seed here; training's default is 0, so these are unseen samples
 DEFAULT_SPEC = {"kind": "qa_facts", "seq_len": 512, "seed": DEFAULT_SEED}
 DEFAULT_JSONL_SEQ_LEN = 4096
-QA_KINDS = ("qa_facts", "qa_jsonl")
 NUM_EXAMPLES = 3
 
 
@@ -186,17 +187,6 @@ class SettingTotals:
         return out
 
 
-def truncated_memory(model, context_ids, context_mask, budgets: Sequence[int]):
-    """`token_memory` keeping the first budgets[b] context tokens of sample b (one budget per sample)."""
-    from framework.models.compression.skeleton import Compressed
-
-    parts = [model.token_memory(context_ids[b:b + 1], context_mask[b:b + 1], keep_tokens=int(m), keep="head")
-             for b, m in enumerate(budgets)]
-    return Compressed(memory=[p.memory[0] for p in parts], aux_loss=parts[0].aux_loss,
-                      context_tokens=[p.context_tokens[0] for p in parts],
-                      memory_slots=[p.memory_slots[0] for p in parts])
-
-
 class _Timer:
     def __init__(self, device):
         self.cuda = getattr(device, "type", str(device)) == "cuda"
@@ -270,7 +260,7 @@ def evaluate_qa(model, tokenizer, source, num_samples: int, ratios: Sequence[flo
                     for kept, positives in zip(comp.kept, comp.positives):
                         totals["compressed", r].recall_hits += len(set(kept) & set(positives))
                         totals["compressed", r].recall_total += len(positives)
-                answer_and_score(("truncation", r), lambda: truncated_memory(model, ctx, ctx_mask, comp.memory_slots),
+                answer_and_score(("truncation", r), lambda: model.token_memory(ctx, ctx_mask, keep_tokens=comp.memory_slots),
                                  batch)
             unc = totals["uncompressed"]
             line = ", ".join(f"{r:g}x {totals['compressed', r].exact_match / totals['compressed', r].samples:.2f}"

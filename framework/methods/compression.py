@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from data_pipelines.qa import QA_KINDS
 from framework.config import ConfigError
 from framework.methods.lm_module import TokenLossModule, global_token_mean
 from framework.methods.optim import warmup_cosine
 
 DECODER_MODES = ("attention", "lora", "full", "frozen")
-QA_KINDS = ("qa_facts", "qa_jsonl")
 EXAMPLE_INPUT = "{'context': ['pear: 41907. plum: 22815.'], 'question': ['What is the value of plum?']}"
 
 

@@ -246,10 +246,9 @@ class CompressorForQA(nn.Module):
             memory_parts.append((ctx, bounds, kept_set, skim_idx))
             pos = torch.zeros(n_max, dtype=torch.bool, device=self.device)
             if evidence_mask is not None:
-                ev = _valid(evidence_mask[b].to(self.device), context_mask[b])
-                for i, (s, e) in enumerate(bounds):
-                    pos[i] = bool(ev[s:e].any())
-            positives.append([i for i in range(n) if pos[i]])
+                ev = _valid(evidence_mask[b].to(self.device), context_mask[b].to(self.device))
+                pos[torch.div(ev.nonzero().flatten(), seg, rounding_mode="floor")] = True  # segments holding evidence
+            positives.append(pos[:n].nonzero().flatten().tolist())
             query_vecs.append(q)
             padded = segs.new_zeros((n_max, segs.shape[-1]))
             padded[:n] = segs
@@ -301,15 +300,15 @@ class CompressorForQA(nn.Module):
         tokens = [sum(n for _, n, _ in chunks) for chunks in spans]
         return Compressed(memory, aux, tokens, [int(m.shape[0]) for m in memory])
 
-    def token_memory(self, context_ids, context_mask, keep_tokens: int | None = None, keep: str = "head") -> Compressed:
-        """No compression: the context's own token embeddings (all of them, or the first / last
-        `keep_tokens`: truncation to the same budget as a compressor)."""
+    def token_memory(self, context_ids, context_mask, keep_tokens=None) -> Compressed:
+        """No compression: the context's own token embeddings, all of them or the first `keep_tokens`
+        (truncation to a compressor's budget): one int for every sample, or one per sample."""
         memory, tokens = [], []
         for b in range(context_ids.shape[0]):
             ctx = _valid(context_ids[b], context_mask[b])
             tokens.append(int(ctx.numel()))
             if keep_tokens is not None:
-                ctx = ctx[:keep_tokens] if keep == "head" else ctx[max(0, ctx.numel() - keep_tokens):]
+                ctx = ctx[:int(keep_tokens if isinstance(keep_tokens, int) else keep_tokens[b])]
             memory.append(self.decoder_embed(ctx))
         zero = torch.zeros((), device=self.device)
         return Compressed(memory, zero, tokens, [int(m.shape[0]) for m in memory])
@@ -353,23 +352,23 @@ class CompressorForQA(nn.Module):
                            logits_to_keep=1, **cache)
         attn = mask.long()
         done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
-        answers = [[] for _ in seqs]
+        steps = []
         next_pos = positions[:, -1:] + 1
         logits = out.logits[:, -1]
         for step in range(max_new_tokens):
             token = logits.argmax(-1)
-            for b in range(len(seqs)):
-                if not done[b]:
-                    if eos_token_id is not None and int(token[b]) == eos_token_id:
-                        done[b] = True
-                    else:
-                        answers[b].append(int(token[b]))
+            steps.append(token)
+            if eos_token_id is not None:
+                done = done | (token == eos_token_id)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self.decoder(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos,
                                use_cache=True, **cache)
             logits, next_pos = out.logits[:, -1], next_pos + 1
+        answers = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in seqs]
+        if eos_token_id is not None:  # each answer ends before its first eos
+            answers = [row[:row.index(eos_token_id)] if eos_token_id in row else row for row in answers]
         return answers
 
     @torch.no_grad()
