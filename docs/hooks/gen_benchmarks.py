@@ -7,6 +7,9 @@ evaluated with:
   numeric keys with ``[...]``, e.g. ``R.swat_length.loss_by_length.vanilla["8192"]``);
 * the table functions below (``comet_memory_table()``, ``swat_length_table()``, ...), which return
   whole Markdown tables, and ``machine(name)``, the machine line of one result file.
+* the recipe pages' functions of ``recipe_pages.py`` (``shared_flags_table(recipe)``,
+  ``recipe_flags(recipe)``, ``help_config(recipe, preset)``, ``presets_line(recipe)``,
+  ``recipe_time(command)``), computed from the recipes' code and ``R.recipe_times``.
 
 FORMAT is a :func:`format` spec (``.2f``, ``,.0f``, ``.1%``). The hook (``on_page_markdown``, wired in
 ``mkdocs.yml``) renders every page, so any page can cite a number this way. A placeholder that
@@ -17,8 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
+
+# mkdocs loads a hook by its path, so its folder may not be on sys.path: recipe_pages lives next to it
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipe_pages  # noqa: E402  (the recipe pages' flags, presets, --help-config and times)
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,7 +83,7 @@ def make_namespace(R: Node) -> dict[str, Any]:
     def machine(name: str) -> str:
         m = R[name].machine.raw()
         parts = [f"{m['cpus']} CPU cores" if "cpus" in m else None,
-                 f"{m['threads']} torch threads" if "threads" in m else None,
+                 f"{m['threads']} torch thread{'s' * (m['threads'] != 1)}" if "threads" in m else None,
                  m.get("device", "cpu").upper() if "device" in m else None,
                  f"torch {m['torch']}" if "torch" in m else None,
                  f"Python {m['python']}" if "python" in m else None,
@@ -138,9 +147,40 @@ def make_namespace(R: Node) -> dict[str, Any]:
         rows.append(["uncompressed"] + [_n(em["uncompressed"], ".2f")] * len(ratios))
         return _table(["method"] + [f"exact match at {r}x" for r in ratios], rows)
 
+    def passkey_depth_table(*names: str) -> str:
+        """Exact match by depth (rows) for each result file and length (columns)."""
+        names = names or ("passkey_tiny", "passkey_tiny_no_temp", "passkey_tiny_no_gate")
+        cols = [(n, L) for n in names for L in R[n].lengths.raw()]
+        rows = [[depth] + [_n(R[n].by_depth.raw()[depth].get(str(L)), ".2f") for n, L in cols]
+                for depth in R[names[0]].by_depth.raw()]
+        return _table(["depth"] + [f"`{n}` at {L:,}" for n, L in cols], rows)
+
+    def swat_multiple_table() -> str:
+        """Loss by multiple of each model's own training length, 4 decimals."""
+        d = R.swat_length.raw()
+        mults = list(d["loss_by_multiple"][d["args"]["models"][0]])
+        rows = [[f"`{m}` (trained at {d['per_model'][m]['train_length']})"]
+                + [_n(d["loss_by_multiple"][m].get(k), ".4f") for k in mults] for m in d["args"]["models"]]
+        return _table(["model"] + [f"{k}×" for k in mults], rows)
+
+    def data_memory_table() -> str:
+        """Peak memory of prepare + loading, one row per document length, plain text against JSON Lines."""
+        by: dict[int, dict[str, dict]] = {}
+        for r in R.data.memory_vs_document_length.raw():
+            by.setdefault(r["target_tokens"], {})[r["format"]] = r
+        rows = [[f"{t / 1e6:g}M tokens ({_n(max(r['file_mb'] for r in f.values()), '.2g')} MB)"]
+                + [f"{f[k]['peak_rss_mb_with_loading']:,.0f} MB" if k in f else "" for k in ("text", "jsonl")]
+                for t, f in by.items()]
+        return _table(["document", "plain text file", "one JSON Lines record"], rows)
+
     return {"R": R, "machine": machine, "comet_memory_table": comet_memory_table,
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
             "loader_table": loader_table, "compression_table": compression_table,
+            "passkey_depth_table": passkey_depth_table, "swat_multiple_table": swat_multiple_table,
+            "data_memory_table": data_memory_table,
+            "shared_flags_table": recipe_pages.shared_flags_table, "recipe_flags": recipe_pages.recipe_flags,
+            "help_config": recipe_pages.help_config, "presets_line": recipe_pages.presets_line,
+            "recipe_time": lambda command: recipe_pages.recipe_time(command, R.raw().get("recipe_times", {})),
             "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "round": round}
 
 

@@ -34,6 +34,12 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+# the config field each common flag sets (the dest of the flag -> the dotted field), after the preset
+FLAG_FIELDS = {"max_steps": "launch.max_steps", "num_workers": "launch.num_workers", "use_gpu": "launch.use_gpu",
+               "tracking_uri": "tracking.tracking_uri", "model_name": "tracking.model_name",
+               "run_name": "launch.run_name"}
+
+
 def build_parser(description: str, presets: Sequence[str], default: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any config field can be set as --section.field VALUE; --help-config lists them.")
@@ -66,12 +72,7 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable], flag_fi
                                   f"({sorted(merged)}). Fix: nest fields under their section")
             merged[section].update(values)
         cfg = from_dict(type(cfg), merged)
-    flag_overrides = {
-        "launch.max_steps": args.max_steps, "launch.num_workers": args.num_workers, "launch.use_gpu": args.use_gpu,
-        "tracking.tracking_uri": args.tracking_uri, "tracking.model_name": args.model_name,
-        "launch.run_name": args.run_name,
-        **{field: getattr(args, dest) for dest, field in (flag_fields or {}).items()},
-    }
+    flag_overrides = {field: getattr(args, dest) for dest, field in {**FLAG_FIELDS, **(flag_fields or {})}.items()}
     tokens = []
     for key, value in flag_overrides.items():
         if value is not None:

@@ -71,3 +71,11 @@ def test_a_changed_json_changes_the_page(gen, tmp_path):
 def test_a_bad_placeholder_fails(gen):
     with pytest.raises(ValueError, match="no_such_key"):
         gen.render("{{ R.comet_memory.no_such_key }}")
+
+
+def test_every_docs_page_renders(gen):
+    """Every page of the site goes through the hook: each placeholder on it must evaluate."""
+    pages = sorted((REPO / "docs").rglob("*.md"))
+    assert len(pages) > 10
+    for path in pages:  # a literal "}}" (a dict in a code block) is fine; "{{" is always a placeholder
+        assert "{{" not in gen.render(path.read_text()), path.relative_to(REPO)

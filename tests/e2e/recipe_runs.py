@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "comet_32k.py"
 FAST = ["--preset", "tiny", "--data.seq_len", "192", "--launch.checkpoint_every_n_steps", "4"]
+# the test-speed flags that the tests add to the comet_32k command that the pages show
+SPEED = FAST[2:]
 
 
 @dataclass
@@ -39,8 +41,11 @@ def recipe_env() -> dict:
     return env
 
 
-def run_recipe(cwd: Path, *args, timeout=600, recipe: Path = RECIPE, fast=FAST) -> RecipeRun:
-    proc = subprocess.run([sys.executable, str(recipe), *fast, *args], cwd=cwd, env=recipe_env(),
+def run_recipe(cwd: Path, *args, timeout=600, recipe: Path = RECIPE, fast=FAST, command: list[str] | None = None
+               ) -> RecipeRun:
+    """Run ``recipe`` with ``fast`` and ``args``, or ``command`` (a page command from ``shown``) with ``args``."""
+    argv = [*command, *args] if command else [sys.executable, str(recipe), *fast, *args]
+    proc = subprocess.run(argv, cwd=cwd, env=recipe_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     return RecipeRun(proc.returncode, proc.stdout, cwd)
 

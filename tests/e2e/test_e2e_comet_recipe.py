@@ -1,8 +1,10 @@
 """End to end: the comet_32k recipe on a real local Ray (2 workers) with a real MLflow store."""
 
+import ast
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from page_commands import shown
 from recipe_runs import FAST, RECIPE, free_port, recipe_env, run_recipe
 from mlflow import MlflowClient
 
@@ -133,8 +136,11 @@ def test_resume_from_a_missing_run_is_a_clear_error(tmp_path):
 
 
 def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(trained_run):
+    # the override example of docs/recipes/comet_32k.md, warm-started from the registered model
     run = run_recipe(trained_run.cwd, "--max-steps", "2", "--resume", "models:/comet-32k-tiny@champion",
-                     "--tracking.register", "false")
+                     "--tracking.register", "false",
+                     command=shown("python recipes/comet_32k.py --preset tiny --data.seq_len 512 --method.lr=1e-3",
+                                   "recipes/comet_32k.md"))
     assert run.returncode == 0, run.stdout[-5000:]
     assert run.run_id != trained_run.run_id
     version = MlflowClient(trained_run.tracking_uri).get_model_version_by_alias("comet-32k-tiny", "champion")
@@ -143,3 +149,24 @@ def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(traine
     fresh_first = client.get_metric_history(trained_run.run_id, "train/loss")[0].value
     warm_first = client.get_metric_history(run.run_id, "train/loss")[0].value
     assert warm_first < fresh_first - 0.5, (warm_first, fresh_first)
+    params = client.get_run(run.run_id).data.params
+    assert params["data.seq_len"] == "512" and float(params["method.lr"]) == 1e-3
+
+
+def test_the_quick_start_loads_and_evaluates_the_registered_model(trained_run):
+    """The quick start's load and evaluation commands, as shown, in the directory of its training run."""
+    load = shown("MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -c \"import mlflow; print(mlflow.pyfunc.load_model("
+                 "'models:/comet-32k-tiny@champion').predict(['The passkey is']))\"", "quickstart.md")
+    evaluate = shown("longctx eval passkey --model models:/comet-32k-tiny@champion --lengths 1024,4096 --trials 2",
+                     "quickstart.md")
+    env = {**recipe_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", shlex.join(load)], cwd=trained_run.cwd, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    texts = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert isinstance(texts, list) and len(texts) == 1 and isinstance(texts[0], str)
+    out = subprocess.run(evaluate, cwd=trained_run.cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(summary["accuracy"]) == {"1024", "4096"} and len(summary["by_depth"]) == 5

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 from mlflow import MlflowClient
+from page_commands import shown
 from recipe_runs import ROOT, free_port, recipe_env, run_recipe
 
 pytestmark = pytest.mark.timeout(900)
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.timeout(900)
 RAM = ROOT / "recipes" / "ram_qa.py"
 COMI = ROOT / "recipes" / "comi_qa.py"
 TINY = ["--preset", "tiny", "--data.seq_len", "256", "--launch.checkpoint_every_n_steps", "2"]
+SPEED = TINY[2:]
 ROWS = {"context": ["pear: 41907. plum: 22815. fig: 30501."], "question": ["What is the value of plum?"]}
 
 LOAD = """
@@ -44,7 +46,9 @@ def _python(cwd, tracking_uri, code):
 
 
 def test_ram_on_two_workers_registers_a_qa_model_that_loads_scores_and_resumes(tmp_path):
-    run = run_recipe(tmp_path, "--num-workers", "2", "--max-steps", "4", recipe=RAM, fast=TINY)
+    # docs/recipes/ram_qa.md's second command: the tiny preset with the keep fraction drawn per step
+    ram = shown("python recipes/ram_qa.py --preset tiny --compression.keep_sampling uniform", "recipes/ram_qa.md")
+    run = run_recipe(tmp_path, *SPEED, "--num-workers", "2", "--max-steps", "4", command=ram)
     assert run.returncode == 0, run.stdout[-5000:]
     assert "registered model: models:/ram-qa-tiny@champion (version 1)" in run.stdout
     assert "'question': ['What is the value of plum?']" in run.stdout  # the printed load hint fits this model
@@ -52,10 +56,12 @@ def test_ram_on_two_workers_registers_a_qa_model_that_loads_scores_and_resumes(t
     info = client.get_run(run.run_id)
     assert info.info.status == "FINISHED" and info.data.params["data.kind"] == "qa_facts"
     assert info.data.params["compression.segment_size"] == "16"
+    assert info.data.params["compression.keep_sampling"] == "uniform"
     for key in ("train/loss", "train/aux_loss", "train/compression_ratio", "train/answer_segment_recall"):
         assert len(client.get_metric_history(run.run_id, key)) == 4, key
     ratios = [m.value for m in client.get_metric_history(run.run_id, "train/compression_ratio")]
-    assert all(4 < r < 9 for r in ratios)  # keep fraction 0.125 of 16-token segments: about 5.7x
+    # a keep fraction drawn from U(0, 1] per step: between all kept (1x) and one segment kept (< 16x)
+    assert all(1 <= r < 16 for r in ratios) and len({round(r, 4) for r in ratios}) > 1, ratios
 
     got = _python(tmp_path, run.tracking_uri, LOAD.format(uri="models:/ram-qa-tiny@champion", rows=ROWS))
     assert got["method"] == "ram" and got["decoder"] == "qwen3"
@@ -73,8 +79,8 @@ def test_ram_on_two_workers_registers_a_qa_model_that_loads_scores_and_resumes(t
     assert summary["method"] == "ram" and set(summary["ratios"]) == {"4", "8"}
     assert (tmp_path / "qa" / "qa.png").is_file()
 
-    resumed = run_recipe(tmp_path, "--num-workers", "2", "--max-steps", "6", "--resume", f"runs:/{run.run_id}",
-                         recipe=RAM, fast=TINY)
+    resumed = run_recipe(tmp_path, *SPEED, "--num-workers", "2", "--max-steps", "6", "--resume", f"runs:/{run.run_id}",
+                         command=ram)
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert resumed.run_id == run.run_id
     steps = [m.step for m in client.get_metric_history(run.run_id, "train/loss")]
@@ -104,10 +110,14 @@ def _post(url, payload):
 
 
 def test_comi_registers_a_model_that_mlflow_models_serve_answers(tmp_path):
-    run = run_recipe(tmp_path, "--max-steps", "2", recipe=COMI, fast=TINY)
+    # docs/recipes/comi_qa.md's ablation command (mean pooling) starts with its plain tiny command
+    comi = shown("python recipes/comi_qa.py --preset tiny --compression.coarse false --compression.fine false",
+                 "recipes/comi_qa.md")
+    run = run_recipe(tmp_path, *SPEED, "--max-steps", "2", command=comi)
     assert run.returncode == 0, run.stdout[-5000:]
     params = MlflowClient(run.tracking_uri).get_run(run.run_id).data.params
-    assert params["compression.ratio"] == "8" and params["compression.coarse"] == "true"
+    assert params["compression.ratio"] == "8"
+    assert params["compression.coarse"] == "false" and params["compression.fine"] == "false"
     port = free_port()
     log_path = tmp_path / "serve.log"
     env = {**recipe_env(), "MLFLOW_TRACKING_URI": run.tracking_uri}

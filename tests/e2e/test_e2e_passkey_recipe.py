@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
+from page_commands import shown
 from recipe_runs import ROOT, recipe_env
 
 RECIPE = ROOT / "recipes" / "comet_passkey_tiny.py"
@@ -13,7 +15,7 @@ RECIPE = ROOT / "recipes" / "comet_passkey_tiny.py"
 
 def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(RECIPE), "--max-steps", "3", "--data.batch_size", "2", "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
+        [*shown("python recipes/comet_passkey_tiny.py", "recipes/comet_passkey_tiny.md"), "--max-steps", "3", "--data.batch_size", "2", "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
          "--eval-out", str(tmp_path / "eval")],
         cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,6 +45,29 @@ def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     assert diff("tiny", "no_gate") == {"comet.global_gate", "launch.run_name", "tracking.model_name"}
     assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
     assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
+
+
+ABLATIONS = {  # preset: (its command on the page, the config fields it changes)
+    "no_gate": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_gate", "recipes/comet_passkey_tiny.md"),
+                {"comet.global_gate": "overwrite"}),
+    "no_temp": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_temp", "recipes/comet_passkey_tiny.md"),
+                {"comet.temp_budget": "0"}),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATIONS))
+def test_each_ablation_command_trains_registers_and_evaluates(tmp_path, preset):
+    command, changed = ABLATIONS[preset]
+    proc = subprocess.run(
+        [*command(), "--max-steps", "1", "--data.batch_size", "2",
+         "--launch.cpus_per_worker", "1", "--eval-multiples", "2", "--eval-depths", "1", "--eval-trials", "1",
+         "--eval-out", str(tmp_path / "eval")],
+        cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["model"].startswith(f"models:/comet-passkey-tiny-{preset.replace('_', '-')}/")
+    params = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"]).data.params
+    assert {k: params[k] for k in changed} == changed
 
 
 def test_bad_evaluation_flags_fail_before_training_starts(tmp_path):

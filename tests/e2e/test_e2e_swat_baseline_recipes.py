@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from mlflow import MlflowClient
+from page_commands import shown
 from recipe_runs import ROOT, recipe_env, run_recipe
 
 pytestmark = pytest.mark.timeout(900)
@@ -14,6 +15,7 @@ pytestmark = pytest.mark.timeout(900)
 SWAT = ROOT / "recipes" / "swat_pretrain.py"
 BASELINE = ROOT / "recipes" / "baseline_finetune.py"
 TINY = ["--preset", "tiny", "--launch.checkpoint_every_n_steps", "2"]
+SPEED = TINY[2:]
 
 
 def _python(cwd, tracking_uri, code):
@@ -41,12 +43,14 @@ print(json.dumps({{"type": model.config.model_type, "window": getattr(model.conf
 
 
 def test_swat_pretrain_on_two_workers_registers_a_swat_model_and_resumes(tmp_path):
-    run = run_recipe(tmp_path, "--num-workers", "2", "--max-steps", "4", recipe=SWAT, fast=TINY)
+    # docs/recipes/swat_pretrain.md's ablation command (no ALiBi slopes) starts with its plain tiny command
+    swat = shown("python recipes/swat_pretrain.py --preset tiny --swat.slopes none", "recipes/swat_pretrain.md")
+    run = run_recipe(tmp_path, *SPEED, "--num-workers", "2", "--max-steps", "4", command=swat)
     assert run.returncode == 0, run.stdout[-5000:]
     client = MlflowClient(run.tracking_uri)
     info = client.get_run(run.run_id)
     assert info.info.status == "FINISHED"
-    assert info.data.params["swat.window"] == "32" and info.data.params["swat.slopes"] == "balanced"
+    assert info.data.params["swat.window"] == "32" and info.data.params["swat.slopes"] == "none"
     assert info.data.params["data.kind"] == "text"
     losses = [m.value for m in client.get_metric_history(run.run_id, "train/loss")]
     assert len(losses) == 4 and all(0 < v < 10 for v in losses)
@@ -57,8 +61,8 @@ def test_swat_pretrain_on_two_workers_registers_a_swat_model_and_resumes(tmp_pat
     assert "model.safetensors" in got["files"] and not any(f.endswith((".bin", ".pt", ".pkl")) for f in got["files"])
     assert 0 < got["loss"] < 10 and isinstance(got["text"][0], str)
 
-    resumed = run_recipe(tmp_path, "--num-workers", "2", "--max-steps", "6", "--resume", f"runs:/{run.run_id}",
-                         recipe=SWAT, fast=TINY)
+    resumed = run_recipe(tmp_path, *SPEED, "--num-workers", "2", "--max-steps", "6", "--resume", f"runs:/{run.run_id}",
+                         command=swat)
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert resumed.run_id == run.run_id
     assert [m.step for m in client.get_metric_history(run.run_id, "train/loss")] == list(range(6))
@@ -66,17 +70,29 @@ def test_swat_pretrain_on_two_workers_registers_a_swat_model_and_resumes(tmp_pat
 
 
 def test_sliding_baseline_on_a_llama_base_saves_a_windowed_model(tmp_path):
-    run = run_recipe(tmp_path, "--attention", "sliding", "--attention.window", "32", "--model.base", "random:llama",
-                     "--max-steps", "3", recipe=BASELINE, fast=TINY)
+    sliding = shown("python recipes/baseline_finetune.py --preset tiny --attention sliding --attention.window 64",
+                    "recipes/baseline_finetune.md")
+    run = run_recipe(tmp_path, *SPEED, "--model.base", "random:llama", "--max-steps", "3", command=sliding)
     assert run.returncode == 0, run.stdout[-5000:]
     assert "registered model: models:/baseline-tiny-sliding@champion (version 1)" in run.stdout
     client = MlflowClient(run.tracking_uri)
     params = client.get_run(run.run_id).data.params
-    assert params["attention.kind"] == "sliding" and params["attention.window"] == "32"
+    assert params["attention.kind"] == "sliding" and params["attention.window"] == "64"
     assert client.get_run(run.run_id).info.run_name == "baseline_finetune-tiny-sliding"
     got = _python(tmp_path, run.tracking_uri, LOAD_BOTH.format(uri="models:/baseline-tiny-sliding@champion"))
     # Llama weights run as the identical Mistral architecture, whose attention honours the window
-    assert got["type"] == "mistral" and got["window"] == 32
+    assert got["type"] == "mistral" and got["window"] == 64
+    assert 0 < got["loss"] < 10 and isinstance(got["text"][0], str)
+
+
+def test_full_attention_baseline_registers_a_full_attention_model(tmp_path):
+    full = shown("python recipes/baseline_finetune.py --preset tiny --attention full", "recipes/baseline_finetune.md")
+    run = run_recipe(tmp_path, *SPEED, "--max-steps", "2", command=full)
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert "registered model: models:/baseline-tiny-full@champion (version 1)" in run.stdout
+    assert MlflowClient(run.tracking_uri).get_run(run.run_id).data.params["attention.kind"] == "full"
+    got = _python(tmp_path, run.tracking_uri, LOAD_BOTH.format(uri="models:/baseline-tiny-full@champion"))
+    assert got["type"] == "qwen3" and not got["config"].get("use_sliding_window")
     assert 0 < got["loss"] < 10 and isinstance(got["text"][0], str)
 
 
