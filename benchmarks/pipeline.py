@@ -235,7 +235,12 @@ def main(argv=None) -> int:
     if any(proc.exitcode for proc in procs) or queue.empty():
         print(json.dumps({"error": f"worker exit codes {[proc.exitcode for proc in procs]}"}))
         return 1
-    print(json.dumps(queue.get(), indent=2))
+    from framework.eval.reporting import machine_info
+
+    result = queue.get()
+    result["machine"] = {**machine_info(result["device"]), "threads": result["threads_per_rank"]}  # per rank
+    result["command"] = "python benchmarks/pipeline.py " + " ".join(sys.argv[1:])
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -2,7 +2,7 @@
 the base model with full attention (its own limit: max_position_embeddings = 8192).
 
     bash cluster/setup_smollm2.sh                                # once: install and convert SmolLM2 (offline)
-    python recipes/comet_smollm2_passkey.py                      # the cpu preset: 2-core CPU, 25-40 min
+    python recipes/comet_smollm2_passkey.py                      # the cpu preset: over an hour on a 2-core CPU
     python recipes/comet_smollm2_passkey.py --preset gpu --use-gpu
     SMOLLM2_DIR=/data/smollm2 python recipes/comet_smollm2_passkey.py   # or --model.base /data/smollm2
 
@@ -36,8 +36,8 @@ tokens (4 per sample, so memory is written and read 3 times per sample); 64 glob
 every 8 text tokens with a FIFO budget of 128 (the last 1,024 tokens, half a sample, so a key in the
 first half of a sample can only reach the question through the gated global memory, as it must at
 8k+). LR 1e-4 for the backbone, 10x for the new memory modules, which start from scratch and get
-only a few dozen updates. A step should take roughly 15-25 s on 2 cores (the plain model needs 15 s
-for a 2,048-token step with checkpointing; not yet timed with CoMeT), i.e. 10-15 min of training.
+only a few dozen updates. A step took about 50 s on 2 otherwise idle cores (benchmarks/results/smollm2_cpu_partial.json, the
+first steps of a run), i.e. over half an hour of training.
 Evaluation streams about 240k tokens through CoMeT (1 trial at depth 0.5 plus 1 perplexity window
 at each of 8k-64k); streaming ran at 160 tokens/s on 2 busy cores, about twice that on idle ones,
 so 12-25 min; the base at 8k adds about a minute. Add depths (--eval-depths 0,0.5,1) and the

@@ -88,7 +88,9 @@ def make_namespace(R: Node) -> dict[str, Any]:
                  f"torch {m['torch']}" if "torch" in m else None,
                  f"Python {m['python']}" if "python" in m else None,
                  f"platform `{m['platform']}`" if "platform" in m else None,
-                 f"1-minute load average {m['load_avg_1m_at_end']} at the end" if "load_avg_1m_at_end" in m else None]
+                 f"1-minute load average {m['load_avg_1m_at_end']} at the end"
+                 if m.get("load_avg_1m_at_end") is not None else None,
+                 f"run on {m['date']}" if m.get("date") else None]
         return ", ".join(p for p in parts if p)
 
     def comet_memory_table() -> str:
@@ -173,13 +175,54 @@ def make_namespace(R: Node) -> dict[str, Any]:
                 for t, f in by.items()]
         return _table(["document", "plain text file", "one JSON Lines record"], rows)
 
+    def pipeline_table(*names: str) -> str:
+        """``benchmarks/pipeline.py`` results, one row per file."""
+        rows = []
+        for n in names:
+            d = R[n].raw()
+            rows.append([f"`{n}.json`", str(d["ranks"]), str(d["layers"]), str(d["chunks"]), d["family"],
+                         f"{d['hidden']} / {d['chunk_size']}", f"{d['grad_max_abs_diff']:.1e}",
+                         _n(d["speedup_vs_naive"], ".2f"), _n(d["ideal_speedup"], ".2f"),
+                         _n(d["speedup_fraction_of_ideal"], ".2f"), _n(d["mem_ratio_per_rank_to_single"], ".3f"),
+                         _n(d["mem_target_ratio"], ".3f")])
+        return _table(["result", "P", "L", "C", "family", "hidden / chunk", "grad max abs diff", "speedup vs naive",
+                       "ideal", "fraction of ideal", "memory per rank / single", "memory target"], rows)
+
+    def recipe_times_table() -> str:
+        d = R.recipe_times.raw()
+        rows = [[f"`{r['command']}`", _n(r["wall_seconds"], ".0f"), str(r.get("steps")), str(r.get("returncode")),
+                 f"`{r.get('registered_model') or ''}`"] for r in d["runs"]]
+        return _table(["command", "wall seconds", "steps", "exit", "registered"], rows)
+
+    def efficiency_table(name: str = "efficiency_tiny") -> str:
+        """``longctx bench efficiency`` output: one row per length, prefill / decode / memory per method."""
+        d = R[name].raw()
+        cell = {(r["method"], r["length"]): r for r in d["results"]}
+        header, rows = ["tokens"], []
+        for m in d["methods"]:
+            header += [f"{m} prefill (s)", f"{m} decode (ms/token)", f"{m} peak memory (MB)"]
+        for L in d["lengths"]:
+            row = [f"{L:,}"]
+            for m in d["methods"]:
+                r = cell.get((m, L), {})
+                row += ([_n(r["prefill_s"], ".2f"), _n(r["decode_ms_per_token"], ".1f"), _n(r["peak_mem_mb"], ",.1f")]
+                        if "prefill_s" in r else ["skipped", "", ""])
+            rows.append(row)
+        return _table(header, rows)
+
+    def efficiency(name: str, method: str, length: int, key: str):
+        return next(r[key] for r in R[name].raw()["results"] if r["method"] == method and r["length"] == length)
+
     return {"R": R, "machine": machine, "comet_memory_table": comet_memory_table,
+            "efficiency_table": efficiency_table, "efficiency": efficiency, "pipeline_table": pipeline_table,
+            "recipe_times_table": recipe_times_table,
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
             "loader_table": loader_table, "compression_table": compression_table,
             "passkey_depth_table": passkey_depth_table, "swat_multiple_table": swat_multiple_table,
             "data_memory_table": data_memory_table,
             "shared_flags_table": recipe_pages.shared_flags_table, "recipe_flags": recipe_pages.recipe_flags,
             "help_config": recipe_pages.help_config, "presets_line": recipe_pages.presets_line,
+            "recipe_doc": recipe_pages.recipe_doc,
             "recipe_time": lambda command: recipe_pages.recipe_time(command, R.raw().get("recipe_times", {})),
             "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "round": round}
 

@@ -8,6 +8,7 @@ The functions are placeholders of the ``gen_benchmarks`` hook (``{{ shared_flags
 * ``help_config(recipe, preset)``: what ``python recipes/<recipe>.py --preset <preset> --help-config``
   prints, built in this process the way ``recipe_cli.main`` builds it;
 * ``presets_line(recipe)``: the preset names and the default;
+* ``recipe_doc(recipe)``: the recipe's docstring after its first paragraph, without the command examples;
 * ``recipe_time(command)``: the measured wall clock of one command of ``benchmarks/recipe_times.py``, from
   ``benchmarks/results/recipe_times.json``, or "not measured yet" while the file or its entry is missing.
 
@@ -156,6 +157,15 @@ def help_config(recipe: str, preset: str | None = None) -> str:
     args = _parser(recipe).parse_args(flags)
     cfg = cli.compose(args, overrides, call["presets"], call["flag_fields"])
     return "\n".join(describe(cfg))
+
+
+def recipe_doc(recipe: str) -> str:
+    """The recipe's docstring without its first paragraph (the page's lead) and without its indented
+    command examples (the page's "Run it" block shows the commands that the tests run)."""
+    doc = recipe_call(recipe)["description"] or ""
+    paragraphs = [p for p in doc.strip().split("\n\n")[1:]
+                  if not all(line.startswith("    ") for line in p.splitlines() if line.strip())]
+    return "\n\n".join(p.strip("\n") for p in paragraphs)
 
 
 def presets_line(recipe: str) -> str:

@@ -399,7 +399,7 @@ def _plots(results, out_dir: str, base: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from framework.eval.reporting import (log_to_active_run, metric_key, print_summary, progress,
+    from framework.eval.reporting import (log_to_active_run, machine_info, metric_key, print_summary, progress,
                                           write_summary)
 
     _check_counts(args)
@@ -428,7 +428,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {"device": _device_name(device), "base": base, "model": model_name, "dtype": str(model.dtype),
                "methods": methods, "lengths": lengths, "decode_tokens": args.decode_tokens, "window": window,
                "repeats": args.repeats, "chunk_size": model.config.chunk_size,
-               "memory_metric": PeakMemory(device).metric, "results": results}
+               "memory_metric": PeakMemory(device).metric, "results": results,
+               "machine": machine_info(_device_name(device))}
     json_path = os.path.join(args.out, "efficiency.json")
     figures = _plots(results, args.out, base)
     summary["files"] = {"summary": json_path, "plots": figures}

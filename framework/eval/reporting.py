@@ -7,8 +7,10 @@ the summary and the figures are logged to it. Otherwise nothing touches MLflow.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import re
 import sys
 from typing import Mapping, Sequence
@@ -31,6 +33,17 @@ def print_summary(summary: Mapping) -> None:
 def progress(message: str) -> None:
     sys.stderr.write(f"[longctx] {message}\n")
     sys.stderr.flush()
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a measurement ran on, for the summary of a benchmark: cores, load, versions, date."""
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "load_avg_1m_at_end": None if load is None else round(load, 2),
+            "date": datetime.date.today().isoformat()}
 
 
 def metric_key(*parts) -> str:

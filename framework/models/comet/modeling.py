@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
+from ..hf_compat import cache_keyword
+
 from .attention import PrefixKV, memory_kv, segment_mask
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
@@ -298,7 +300,7 @@ class CoMeTForCausalLM(nn.Module):
     def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV) -> torch.Tensor:
         layer = self.layers[layer_idx]
         mask = plan.mask(layer_window(self.backbone, layer), x.dtype)
-        out = layer(x, attention_mask=mask, position_ids=plan.positions, past_key_values=cache,
+        out = layer(x, attention_mask=mask, position_ids=plan.positions, **{cache_keyword(layer): cache},
                     position_embeddings=(plan.cos, plan.sin), use_cache=False)
         return out[0] if isinstance(out, tuple) else out
 

@@ -382,12 +382,11 @@ class CompressorForQA(nn.Module):
 def _cache_kwargs(decoder) -> dict:
     """A fresh KV cache, under the keyword this transformers version takes (`cache`, formerly
     `past_key_values`); the decoder fills it in place."""
-    import inspect
-
     from transformers import DynamicCache
 
-    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    return {name: DynamicCache(config=decoder.config)}
+    from framework.models.hf_compat import cache_keyword
+
+    return {cache_keyword(decoder): DynamicCache(config=decoder.config)}
 
 
 def _right_pad(seqs: list) -> tuple[torch.Tensor, torch.Tensor]:
