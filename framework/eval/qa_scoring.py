@@ -39,7 +39,7 @@ def exact_match(prediction: str, answers: Iterable[str] | str) -> float:
     return max((float(pred == normalize_answer(a)) for a in _as_list(answers)), default=0.0)
 
 
-def _f1_one(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+def token_overlap_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     if not pred_tokens or not gold_tokens:
         return float(pred_tokens == gold_tokens)
     same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
@@ -52,4 +52,4 @@ def _f1_one(pred_tokens: list[str], gold_tokens: list[str]) -> float:
 def f1(prediction: str, answers: Iterable[str] | str) -> float:
     """The best token F1 of the prediction against any answer (normalised bags of words)."""
     pred = normalize_answer(prediction).split()
-    return max((_f1_one(pred, normalize_answer(a).split()) for a in _as_list(answers)), default=0.0)
+    return max((token_overlap_f1(pred, normalize_answer(a).split()) for a in _as_list(answers)), default=0.0)
