@@ -39,9 +39,8 @@ first half of a sample can only reach the question through the gated global memo
 only a few dozen updates. A step took about 50 s on 2 otherwise idle cores (benchmarks/results/smollm2_cpu_partial.json, the
 first steps of a run), i.e. over half an hour of training.
 Evaluation streams about 240k tokens through CoMeT (1 trial at depth 0.5 plus 1 perplexity window
-at each of 8k-64k); streaming ran at 160 tokens/s on 2 busy cores, about twice that on idle ones,
-so 12-25 min; the base at 8k adds about a minute. Add depths (--eval-depths 0,0.5,1) and the
-evaluation grows in proportion. This is a working demonstration of the pipeline on real weights,
+at each of 8k-64k), and the base runs the 8k haystack and window. Add depths (--eval-depths 0,0.5,1)
+and the evaluation grows in proportion. This is a working demonstration of the pipeline on real weights,
 not a converged model: 40 updates are unlikely to teach the memory to carry a key across 64k tokens.
 
 ``gpu``: 600 steps of batch 8, bf16-mixed, LR 5e-5 (5x for memory, the paper's ratio), 5 trials
