@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework.eval.text_metrics import bleu, rouge_l, token_f1
-from framework.models.compression.entropy import token_nll
+from framework.models.compression.entropy import batch_mask, token_nll
 
 SLOT_MODES = ("memory_tokens", "group_pool")
 AUTOENCODER_CONFIG = "autoencoder_config.json"
@@ -92,13 +92,7 @@ def _embedding_std(lm) -> float:
 def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     """Real tokens moved to the left of each row, order kept: (ids [B, L], mask [B, L] bool,
     lengths [B]) with L the longest row; padding ids become 0."""
-    if input_ids.dim() != 2:
-        raise AutoencoderError(f"input_ids has shape {tuple(input_ids.shape)}; expected [batch, tokens]. "
-                               "Fix: add a batch dimension (input_ids[None])")
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    if mask.shape != input_ids.shape:
-        raise AutoencoderError(f"attention_mask has shape {tuple(mask.shape)} but input_ids "
-                               f"{tuple(input_ids.shape)}. Fix: pass the tokenizer's mask of the same batch")
+    mask = batch_mask(input_ids, attention_mask, AutoencoderError)
     mask = mask.to(input_ids.device)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     lengths = mask.sum(dim=1)

@@ -20,13 +20,7 @@ def token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     input_ids, attention_mask: [B, T]; mask 1 = real token, 0 = padding, on either side (positions are
     counted over the real tokens only, so left and right padding give the same values).
     Returns float32 [B] on the model's device, in nats. Runs without gradients."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected [batch, tokens]. "
-                         "Fix: add a batch dimension (input_ids[None])")
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    if mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(input_ids.shape)}. "
-                         "Fix: pass the tokenizer's attention_mask of the same batch")
+    mask = batch_mask(input_ids, attention_mask)
     valid = mask[:, 1:] & mask[:, :-1]
     counts = valid.sum(dim=1)
     if bool((counts == 0).any()):
@@ -41,3 +35,16 @@ def token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
         valid = valid.to(device)
         return (nll * valid).sum(dim=1) / valid.sum(dim=1)
+
+
+def batch_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, error: type = ValueError) -> torch.Tensor:
+    """The bool mask of a [batch, tokens] batch (all real when ``attention_mask`` is None); raises
+    ``error`` naming the fix when the shapes are not a batch or do not match."""
+    if input_ids.dim() != 2:
+        raise error(f"input_ids has shape {tuple(input_ids.shape)}; expected [batch, tokens]. "
+                    "Fix: add a batch dimension (input_ids[None])")
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if mask.shape != input_ids.shape:
+        raise error(f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(input_ids.shape)}. "
+                    "Fix: pass the tokenizer's attention_mask of the same batch")
+    return mask

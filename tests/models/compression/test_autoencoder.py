@@ -17,13 +17,7 @@ K = 4
 LENGTHS = (9, 5, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny; one intra-op thread avoids big slowdowns on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def tiny_lm(family, hidden, vocab, seed, init=0.02):

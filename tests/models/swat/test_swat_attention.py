@@ -8,13 +8,7 @@ from framework.models.swat import SWATConfigError, apply_rope, banded_attention,
 SLOPE_MODES = ("balanced", "negative", "positive", "none")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny; one intra-op thread avoids big slowdowns on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def dense_reference(q, k, v, slopes, window, normalization, rope, theta=10000.0):

@@ -13,13 +13,7 @@ from framework.models.swat import SWATConfig, SWATConfigError, SWATForCausalLM
 VOCAB = 61
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny; one intra-op thread avoids big slowdowns on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def tiny(seed=0, dtype=torch.float32, **overrides):
