@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -121,14 +120,12 @@ def time_command(command: str, timeout: float = 3600.0) -> dict:
 
 
 def machine(load_at_start: float | None) -> dict:
-    try:
-        import torch
+    """The shared machine block (``framework.eval.reporting.machine_info``) with the load at the start."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from framework.eval.reporting import machine_info
 
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch_version,
-            "python": platform.python_version(), "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": None}
+    return {**machine_info(), "load_avg_1m_at_start": load_at_start}
 
 
 def assemble(rows: list[dict], args: argparse.Namespace, info: dict, started: datetime.datetime,
