@@ -84,7 +84,7 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
          add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
          check: Callable[[argparse.Namespace, object], None] | None = None,
          after: Callable[[argparse.Namespace, object, object], int] | None = None,
-         flag_fields: Mapping[str, str] | None = None) -> int:
+         flag_fields: Mapping[str, str] | None = None, run: Callable | None = None) -> int:
     """Parse, compose the config, train on Ray, register; then `after(args, cfg, result)` if given.
 
     add_flags adds recipe-specific flags to the parser. check(args, cfg) vets them before anything
@@ -92,6 +92,8 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     and registered a model (e.g. an evaluation of it, at ``result.pinned_model_uri``); its return
     value is the exit status. flag_fields maps the dest of a recipe flag to the config field it sets
     (e.g. {"attention": "attention.kind"}); like the common flags, it applies after the preset.
+    run(cfg, resume) replaces ``run_job`` for a recipe of several jobs (framework.launch.stages); it
+    returns the JobResult whose registered model the recipe reports.
     """
     from framework.launch.run import LaunchError, run_job
     from framework.methods.base_model import BaseModelError
@@ -117,7 +119,7 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
         except ValueError as err:
             parser.error(str(err))
     try:
-        result = run_job(cfg, resume=args.resume)
+        result = (run or run_job)(cfg, resume=args.resume)
     except (ConfigError, TrackingError, CheckpointError, BaseModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

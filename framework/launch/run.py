@@ -125,7 +125,7 @@ def _storage(cfg: TrainJob) -> tuple[str, object | None]:
         return root, handler
 
 
-def _open_run(cfg: TrainJob, client, uri: str, resume: str | None):
+def _open_run(cfg: TrainJob, client, uri: str, resume: str | None, tags: dict | None = None):
     from framework.tracking.resume import plan_resume
 
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, default_artifact_location(uri))
@@ -135,7 +135,7 @@ def _open_run(cfg: TrainJob, client, uri: str, resume: str | None):
         client.update_run(run_id, status="RUNNING")
         print(f"[longctx] resuming MLflow run {run_id} from {plan.checkpoint_artifact or plan.checkpoint_dir}")
     else:
-        tags = {"longctx.resume": resume or "", "longctx.recipe": os.path.basename(sys.argv[0])}
+        tags = {"longctx.resume": resume or "", "longctx.recipe": os.path.basename(sys.argv[0]), **(tags or {})}
         run = client.create_run(experiment_id, run_name=cfg.launch.run_name, tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
@@ -147,7 +147,9 @@ def _open_run(cfg: TrainJob, client, uri: str, resume: str | None):
     return run_id, plan
 
 
-def run_job(cfg: TrainJob, resume: str | None = None) -> JobResult:
+def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) -> JobResult:
+    """Train `cfg` on Ray Train and register the model. resume: see framework.tracking.resume. tags:
+    extra tags of a new MLflow run (e.g. mlflow.parentRunId, for the stages of a study)."""
     from mlflow import MlflowClient
 
     validate(cfg)
@@ -155,7 +157,7 @@ def run_job(cfg: TrainJob, resume: str | None = None) -> JobResult:
     check_store(uri, cfg.tracking.connect_timeout_s)
     print(f"[longctx] MLflow tracking store: {uri}")
     client = MlflowClient(uri)
-    run_id, plan = _open_run(cfg, client, uri, resume)
+    run_id, plan = _open_run(cfg, client, uri, resume, tags)
 
     from framework.launch.data import build_source, total_steps
     from framework.methods.base_model import load_tokenizer

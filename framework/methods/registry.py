@@ -20,6 +20,8 @@ METHODS = {
     "causal_lm": "framework.methods.causal_lm",
     "ram": "framework.methods.ram",
     "comi": "framework.methods.comi",
+    "autoencoder": "framework.methods.autoencoder",
+    "poc": "framework.methods.poc",
 }
 
 

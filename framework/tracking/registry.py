@@ -21,17 +21,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
-PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("pyfunc_model.py")
-QA_PYFUNC_MODEL_FILE = Path(__file__).resolve().with_name("qa_pyfunc_model.py")  # RAM / COMI compressors
-MODEL_ARTIFACT = "model"  # must match pyfunc_model.MODEL_ARTIFACT
+HERE = Path(__file__).resolve().parent
+MODEL_ARTIFACT = "model"  # must match the MODEL_ARTIFACT of every pyfunc file
 MAX_NEW_TOKENS_KEY = "default_max_new_tokens"  # must match pyfunc_model.MAX_NEW_TOKENS_KEY
-INPUT_EXAMPLE = ["Once upon a time"]
-QA_INPUT_EXAMPLE = {"context": ["pear: 41907. plum: 22815."], "question": ["What is the value of plum?"]}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-COMET_FILES = ("config.json", "comet_config.json", "comet.safetensors")
-COMPRESSOR_FILES = ("config.json", "compressor_config.json", "compressor.safetensors")
 BACKBONE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PINNED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
@@ -58,24 +54,19 @@ class RegisteredModel:
 
 
 def check_model_dir(model_dir) -> Path:
-    """Raise RegistryError unless `model_dir` is a complete, pickle-free save_pretrained directory:
-    a CoMeT one (comet_config.json) or a plain Hugging Face causal LM, with its tokenizer."""
+    """Raise RegistryError unless `model_dir` is a complete, pickle-free directory of one of
+    MODEL_KINDS (a CoMeT, RAM/COMI, autoencoder, PoC or plain Hugging Face causal LM save), with
+    its tokenizer."""
     directory = Path(model_dir)
-    save_hint = ("Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer), or for "
-                 "another causal LM model.save_pretrained(model_dir) and tokenizer.save_pretrained(model_dir)")
     if not directory.is_dir():
-        raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. {save_hint}")
-    names = {p.name for p in directory.iterdir()}
-    required = (COMET_FILES if "comet_config.json" in names else
-                COMPRESSOR_FILES if "compressor_config.json" in names else ("config.json",))
-    missing = [name for name in required if name not in names]
-    if not any(name in names for name in BACKBONE_WEIGHTS):
-        missing.append(" or ".join(BACKBONE_WEIGHTS))
-    if not any(name in names for name in TOKENIZER_FILES):
-        missing.append(" or ".join(TOKENIZER_FILES) + " (the tokenizer; pass tokenizer= to save_pretrained)")
+        raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. "
+                            f"{MODEL_KINDS[-1].save_hint}")
+    kind = model_kind(directory)
+    missing = [" or ".join(choice.split("|")) for choice in kind.required
+               if not any((directory / name).is_file() for name in choice.split("|"))]
     if missing:
-        raise RegistryError(f"model directory {str(directory)!r} is not a complete model checkpoint: "
-                            f"missing {', '.join(missing)}. {save_hint}")
+        raise RegistryError(f"model directory {str(directory)!r} is not a complete {kind.name} checkpoint: "
+                            f"missing {', '.join(missing)}. {kind.save_hint}")
     pickled = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
                      if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
@@ -149,11 +140,49 @@ def qa_signature(max_new_tokens: int):
                           outputs=Schema([ColSpec("string")]), params=params)
 
 
-def model_kind(directory: Path) -> str:
-    """comet-causal-lm, qa-compressor (RAM / COMI) or causal-lm."""
-    names = {p.name for p in directory.iterdir()}
-    return ("comet-causal-lm" if "comet_config.json" in names else
-            "qa-compressor" if "compressor_config.json" in names else "causal-lm")
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of saved model: how to recognise its directory, what it must hold, how it is served.
+
+    marker: the file that identifies the kind (None: the fallback, a plain causal LM). required:
+    files it must hold, each entry "a|b" for alternatives. pyfunc: the models-from-code file that
+    serves it. signature(max_new_tokens) and example(max_new_tokens): the logged signature and
+    input example. save_hint: how to write a complete directory."""
+
+    name: str
+    marker: str | None
+    required: tuple
+    pyfunc: Path
+    signature: Callable
+    example: Callable
+    save_hint: str
+
+
+_WEIGHTS, _TOKENIZER = "|".join(BACKBONE_WEIGHTS), "|".join(TOKENIZER_FILES)
+_GENERATE = dict(pyfunc=HERE / "pyfunc_model.py", signature=lambda n: model_signature(n),
+                 example=lambda n: (["Once upon a time"], {"max_new_tokens": min(n, 4)}))
+MODEL_KINDS = (
+    ModelKind("comet-causal-lm", "comet_config.json",
+              ("config.json", "comet.safetensors", _WEIGHTS, _TOKENIZER), **_GENERATE,
+              save_hint="Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)"),
+    ModelKind("qa-compressor", "compressor_config.json",
+              ("config.json", "compressor.safetensors", _WEIGHTS, _TOKENIZER),
+              pyfunc=HERE / "qa_pyfunc_model.py", signature=lambda n: qa_signature(n),
+              example=lambda n: ({"context": ["pear: 41907. plum: 22815."],
+                                  "question": ["What is the value of plum?"]}, {"max_new_tokens": min(n, 4)}),
+              save_hint="Fix: write it with CompressorForQA.save_pretrained(model_dir, tokenizer=tokenizer)"),
+    ModelKind("causal-lm", None, ("config.json", _WEIGHTS, _TOKENIZER), **_GENERATE,
+              save_hint="Fix: write it with model.save_pretrained(model_dir) and tokenizer.save_pretrained(model_dir)"),
+)
+
+
+def model_kind(directory: Path) -> ModelKind:
+    """The first of MODEL_KINDS whose marker file `directory` holds (else the plain causal LM)."""
+    directory = Path(directory)
+    for kind in MODEL_KINDS:
+        if kind.marker is None or (directory / kind.marker).is_file():
+            return kind
+    raise AssertionError("MODEL_KINDS must end with a kind without a marker")
 
 
 def _framework_dir() -> str:
@@ -209,14 +238,9 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     # experiment rather than the run's).
     kind = model_kind(directory)
     logged = _mlflow_call("creating the logged model", mlflow.initialize_logged_model, name=name,
-                          source_run_id=run_id, params=run_params or None, model_type=kind,
+                          source_run_id=run_id, params=run_params or None, model_type=kind.name,
                           experiment_id=experiment_id)
-    if kind == "qa-compressor":
-        served, signature = QA_PYFUNC_MODEL_FILE, qa_signature(max_new_tokens)
-        example = (QA_INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)})
-    else:
-        served, signature = PYFUNC_MODEL_FILE, model_signature(max_new_tokens)
-        example = (INPUT_EXAMPLE, {"max_new_tokens": min(max_new_tokens, 4)})
+    served, signature, example = kind.pyfunc, kind.signature(max_new_tokens), kind.example(max_new_tokens)
     # MLflow loads the model once while logging it, to check the input example; that load puts
     # the temporary copy of the bundled code on sys.path for good, so sys.path is restored after.
     saved_sys_path = list(sys.path)

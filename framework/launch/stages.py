@@ -1,0 +1,172 @@
+"""Recipes of several training jobs (a study, a label-then-train pipeline) under one parent MLflow run.
+
+    stages = Stages.open(tracking_cfg, run_name="ae_study", resume=args.resume, params={...})
+    lm = stages.job("lm-austen", lm_cfg)      # run_job as a child run; a JobResult
+    stages.log_metrics({"spearman/encoder": -0.6}); stages.log_artifact("outputs/ae_study/scatter.png")
+    return stages.finish(lm)                  # the parent FINISHED; the JobResult the recipe reports
+
+Each stage is a normal job (Ray Train, checkpoints, a registered model) whose MLflow run is a child
+of the parent (tag ``mlflow.parentRunId``) and carries ``longctx.stage = <parent id>/<stage>``.
+When a stage finishes, the parent records its outcome in tags ``longctx.stage.<stage>.*``.
+
+Resume (``--resume runs:/<parent id>``, or ``auto``: the newest parent run of this run name):
+finished stages are not run again (their recorded JobResult is returned); an unfinished stage
+continues its own run from its newest checkpoint, or starts again when it reached none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+from framework.config import ConfigError
+from framework.launch.run import JobResult, LaunchError, run_job
+from framework.tracking.checkpoints import CheckpointError, newest_run_checkpoint
+from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
+                                      resolve_tracking_uri)
+
+STAGES_TAG = "longctx.stages"      # on the parent: the recipe's run of several jobs
+STAGE_TAG = "longctx.stage"        # on a child: "<parent id>/<stage>"
+RESULT_TAG = "longctx.stage.{}.result"   # on the parent: the stage's JobResult as JSON
+
+
+@dataclass
+class Stages:
+    client: object
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    tags: dict
+
+    @classmethod
+    def open(cls, tracking: TrackingConfig, run_name: str, resume: str | None = None,
+             params: dict | None = None) -> "Stages":
+        """Open the parent run: a new one, or the one `resume` names (runs:/<id> or auto)."""
+        from mlflow import MlflowClient
+
+        uri = resolve_tracking_uri(tracking)
+        check_store(uri, tracking.connect_timeout_s)
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, tracking.experiment, default_artifact_location(uri))
+        run_id = _parent_to_resume(client, experiment_id, run_name, resume)
+        if run_id is None:
+            run = client.create_run(experiment_id, run_name=run_name,
+                                    tags={STAGES_TAG: "1", "longctx.recipe": _recipe()})
+            run_id = run.info.run_id
+            if params:
+                from mlflow.entities import Param
+
+                batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+                for i in range(0, len(batch), 100):
+                    client.log_batch(run_id, params=batch[i:i + 100])
+            print(f"[longctx] MLflow run {run_id} ({run_name}): the parent of this recipe's jobs")
+        else:
+            client.update_run(run_id, status="RUNNING")
+            print(f"[longctx] resuming the jobs of MLflow run {run_id} ({run_name})")
+        tags = dict(client.get_run(run_id).data.tags)
+        return cls(client, uri, experiment_id, run_id, tags)
+
+    def done(self, stage: str) -> JobResult | None:
+        """The recorded result of a stage that finished in this parent run, else None."""
+        text = self.tags.get(RESULT_TAG.format(stage))
+        return JobResult(**json.loads(text)) if text else None
+
+    def job(self, stage: str, cfg, resume: str | None = None) -> JobResult:
+        """Run `cfg` (a TrainJob) as the child stage `stage`, unless it finished before.
+        resume: for a fresh stage, e.g. models:/... to start from registered weights."""
+        finished = self.done(stage)
+        if finished is not None:
+            print(f"[longctx] stage {stage}: finished before (run {finished.run_id}), not run again")
+            return finished
+        cfg.tracking.tracking_uri = self.tracking_uri
+        unfinished = self._unfinished_child(stage)
+        if unfinished is not None:
+            resume = f"runs:/{unfinished}"
+            print(f"[longctx] stage {stage}: continuing run {unfinished} from its newest checkpoint")
+        print(f"[longctx] stage {stage}: {cfg.launch.run_name}")
+        try:
+            result = run_job(cfg, resume=resume, tags={"mlflow.parentRunId": self.run_id,
+                                                       STAGE_TAG: f"{self.run_id}/{stage}"})
+        except BaseException:
+            self._set_status("FAILED")
+            raise
+        self.set_tag(RESULT_TAG.format(stage), json.dumps(asdict(result)))
+        return result
+
+    def _unfinished_child(self, stage: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{STAGE_TAG}` = '{self.run_id}/{stage}'",
+                                       order_by=["attributes.start_time DESC"], max_results=5)
+        for run in runs:
+            if newest_run_checkpoint(self.client, run.info.run_id):
+                return run.info.run_id
+        return None
+
+    # ------------------------------------------------------------------ the parent's own records
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+        self.tags[key] = value
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_dict(self, payload: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, payload, name)
+
+    def finish(self, result: JobResult) -> JobResult:
+        """Mark the parent FINISHED; returns `result` (the job whose model the recipe reports) with the
+        parent as its run, so the recipe's "MLflow run ..." line names the parent."""
+        self._set_status("FINISHED")
+        return JobResult(run_id=self.run_id, tracking_uri=self.tracking_uri, steps=result.steps,
+                         registered_uri=result.registered_uri, registered_version=result.registered_version,
+                         checkpoint_path=result.checkpoint_path)
+
+    def fail(self) -> None:
+        self._set_status("FAILED")
+
+    def _set_status(self, status: str) -> None:
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - never hide the real outcome behind a tracking hiccup
+            print(f"[longctx] warning: could not mark MLflow run {self.run_id} {status}: {err}", file=sys.stderr)
+
+
+def _parent_to_resume(client, experiment_id: str, run_name: str, resume: str | None) -> str | None:
+    if not resume:
+        return None
+    if resume.startswith("runs:/"):
+        from framework.tracking.store import require_run
+
+        run_id = resume[len("runs:/"):].strip("/").split("/")[0]
+        run = require_run(client, run_id, "--resume", resume, CheckpointError)
+        if STAGES_TAG not in run.data.tags:
+            raise CheckpointError(f"--resume {resume}: that run is not the parent run of this recipe (it has no "
+                                  f"{STAGES_TAG} tag; perhaps one of its stages). Fix: pass the parent's runs:/<id>, "
+                                  "printed first when the recipe started, or --resume auto")
+        return run_id
+    if resume == "auto":
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}' and "
+                                                                 f"tags.`{STAGES_TAG}` = '1'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+    raise ConfigError(f"--resume {resume!r}: a recipe of several jobs resumes its parent run only. "
+                      "Fix: --resume runs:/<parent run id> or --resume auto")
+
+
+def _recipe() -> str:
+    return os.path.basename(sys.argv[0])
+
+
+__all__ = ["LaunchError", "Stages"]
