@@ -8,8 +8,9 @@ Methods (--methods), all on the same weights:
   sliding  the same backbone weights (shared, not copied) in a model whose every layer attends to
            the last --window tokens only: the masks of prefill and decode are sliding-window masks,
            and the KV cache keeps only the last window-1 tokens (transformers' sliding cache layers).
-           transformers builds the prefill's sliding mask as a length x length tensor, so the sliding
-           prefill's memory grows with length squared while its decode memory stays bounded.
+           The prefill feeds the prompt in blocks of --window tokens on that cache (one forward over
+           the whole prompt would build a length x length mask): its memory is bounded by the
+           window, like its decode. The blocked prefill gives the one-pass prefill's logits.
            Supported for llama, mistral, qwen2 and qwen3 backbones (framework.models.sliding: a llama
            backbone runs as the identical mistral architecture); other families are skipped with the reason.
 
@@ -163,20 +164,30 @@ class CometRunner:
 
 
 class HFRunner:
-    """A transformers causal LM: one prefill forward with use_cache=True, then decode on the KV cache."""
+    """A transformers causal LM: prefill with use_cache=True, then decode on the KV cache. block: None
+    for one prefill forward, or the prompt fed in blocks of that many tokens (the sliding window's)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, block: int | None = None):
+        from framework.models.hf_compat import cache_keyword
+
+        self.model, self.block = model, block
+        self.cache_key = cache_keyword(model)
+
+    def _forward(self, ids):
+        kwargs = {} if self.cache is None else {self.cache_key: self.cache}
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].argmax(-1)
 
     def prefill(self, ids):
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
-        return out.logits[:, -1].argmax(-1)
+        self.cache = None
+        block = self.block or ids.shape[1]
+        for start in range(0, ids.shape[1], block):
+            token = self._forward(ids[:, start:start + block])
+        return token
 
     def step(self, token):
-        out = self.model(input_ids=token[:, None], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
-        return out.logits[:, -1].argmax(-1)
+        return self._forward(token[:, None])
 
     def close(self):
         self.cache = None
@@ -259,8 +270,8 @@ def _estimate_bytes(method: str, backbone, length: int, window: int) -> int:
     width = backbone.dtype.itemsize if hasattr(backbone.dtype, "itemsize") else 4
     if method == "full":
         return 2 * cfg.num_hidden_layers * kv_heads * head_dim * length * width
-    if method == "sliding":  # transient full K/V of one layer plus the boolean length x length mask
-        return 2 * kv_heads * head_dim * length * width + length * length
+    if method == "sliding":  # the window's K/V per layer, plus one block's K/V and mask (blocked prefill)
+        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * 2 * window * width + 2 * window * window
     return 0
 
 
@@ -332,7 +343,7 @@ def benchmark(model, methods, lengths, decode_tokens: int, window: int, repeats:
             runners[method] = HFRunner(backbone)
         else:
             try:
-                runners[method] = HFRunner(sliding_window_model(backbone, window).eval())
+                runners[method] = HFRunner(sliding_window_model(backbone, window).eval(), block=window)
             except SlidingWindowError as err:
                 unavailable[method] = str(err)
                 log(f"sliding skipped: {err}")

@@ -47,6 +47,24 @@ def test_sliding_window_equals_full_inside_window_and_differs_beyond(tiny):
     assert runner.cache.layers[0].keys.shape[-2] == window - 1
 
 
+def test_blocked_sliding_prefill_gives_the_one_pass_prefill_and_keeps_only_the_window(tiny):
+    from framework.eval.efficiency import HFRunner
+    from framework.models.sliding import sliding_window_model
+
+    window = 16
+    sliding = sliding_window_model(tiny[0].backbone, window)
+    ids = torch.randint(0, 8000, (1, 75), generator=torch.Generator().manual_seed(1))  # not a multiple of 16
+    one_pass, blocked = HFRunner(sliding), HFRunner(sliding, block=window)
+    with torch.no_grad():
+        reference = sliding(ids).logits[:, -1]
+        tokens = [one_pass.prefill(ids), blocked.prefill(ids)]
+        assert blocked.cache.get_seq_length() == 75 and blocked.cache.layers[0].keys.shape[-2] == window - 1
+        decoded = [runner.step(token) for runner, token in zip((one_pass, blocked), tokens)]
+        after = sliding(torch.cat([ids, tokens[0][:, None]], 1)).logits[:, -1]
+    assert tokens[0] == tokens[1] == reference.argmax(-1)
+    assert decoded[0] == decoded[1] == after.argmax(-1)
+
+
 def test_bench_tiny_json_and_plots(tmp_path, capsys):
     out = tmp_path / "bench"
     code = longctx(["bench", "efficiency", "--tiny", "--lengths", "96,32", "--decode-tokens", "3", "--window", "48",
