@@ -10,16 +10,23 @@ Kinds and their keys (defaults in brackets):
 - ``text``: seq_len, path [None: the shipped novels], field ["text"], split ["train"|"validation"|"all"],
   validation_fraction [0.05], num_samples [None], seed [0], storage_options [None]: natural text tokenized
   in memory (``data_pipelines.text``)
+- ``entropy_text``: seq_len, num_samples [10000], seed [0], words [64], temperature [1.0: a number, or [lo, hi] drawn
+  per sample], chain_seed [0]: generated word sequences of controlled entropy from a seeded Markov chain
+  (``data_pipelines.entropy_text``)
 - ``chat``: path, seq_len, packing ["aligned"], field ["messages"], on_bad_record ["fail"], num_samples [None], seed [0],
   storage_options [None]
 - ``qa_facts``: seq_len (context tokens), num_samples [10000], seed [0], question_len [32], answer_len [12], digits [5],
-  keys [None: built-in single-token words], distractors [0]: synthetic "key: value" fact retrieval
-  (``data_pipelines.qa``)
+  keys [None: built-in single-token words], distractors [0], min_seq_len [None: every context fills seq_len; else
+  each fills a length drawn from [min_seq_len, seq_len]]: synthetic "key: value" fact retrieval (``data_pipelines.qa``)
 - ``qa_jsonl``: path, seq_len (context tokens), question_len [64], answer_len [32], on_bad_record ["fail"],
   num_samples [None], seed [0], storage_options [None]: RAM/COMI JSONL ``{input, prompt, answer}`` records
 - both QA kinds give ``context_ids``/``context_mask`` [seq_len], ``question_ids``/``question_mask`` [question_len],
   ``answer_ids``/``answer_mask`` [answer_len], ``evidence_mask`` [seq_len], ``answer_text`` and ``answers``
   instead of ``input_ids``/``labels`` (see ``data_pipelines.qa``)
+
+- ``poc_labels``: path, seq_len, split ["train"|"validation"|"all"], validation_fraction [0.1], num_samples [None],
+  seed [0], storage_options [None]: PoC's cached (context, ratios, retention) labels (``data_pipelines.poc_labels``);
+  the last validation_fraction of the contexts is the validation split, so held-out contexts are never trained on
 
 For ``store_windows``, ``text``, ``chat`` and ``qa_jsonl``, ``num_samples`` keeps a seeded random subset of that
 many windows (it must not exceed the number of windows); ``seed`` picks that subset.
@@ -49,17 +56,21 @@ KINDS: dict[str, dict[str, Any]] = {
                       "storage_options": None},
     "text": {"seq_len": _REQUIRED, "path": None, "field": "text", "split": "train", "validation_fraction": 0.05,
              "num_samples": None, "seed": 0, "storage_options": None},
+    "entropy_text": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "words": 64, "temperature": 1.0,
+                     "chain_seed": 0},
     "chat": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "aligned", "field": "messages", "on_bad_record": "fail",
              "num_samples": None, "seed": 0, "storage_options": None},
     "qa_facts": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "question_len": 32, "answer_len": 12, "digits": 5,
-                 "keys": None, "distractors": 0},
+                 "keys": None, "distractors": 0, "min_seq_len": None},
+    "poc_labels": {"path": _REQUIRED, "seq_len": _REQUIRED, "split": "train", "validation_fraction": 0.1,
+                   "num_samples": None, "seed": 0, "storage_options": None},
     "qa_jsonl": {"path": _REQUIRED, "seq_len": _REQUIRED, "question_len": 64, "answer_len": 32, "on_bad_record": "fail",
                  "num_samples": None, "seed": 0, "storage_options": None},
 }
 QA_KINDS = ("qa_facts", "qa_jsonl")
 CHUNKING_KEYS = {"strategy": _REQUIRED, "chunk_size": _REQUIRED, "seed": 0, "min_chunk": 4}
 _INT_KEYS = {"seq_len", "num_samples", "seed", "digits", "num_needles", "num_queries", "chunk_size", "min_chunk",
-             "question_len", "answer_len", "distractors"}
+             "question_len", "answer_len", "distractors", "min_seq_len"}
 
 
 def _unknown(key: str, allowed, where: str) -> DataConfigError:
@@ -92,13 +103,20 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = default
     for key, value in out.items():
-        if key in _INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)) and not (key == "num_samples" and value is None):
+        if key in _INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("num_samples", "min_seq_len") and value is None):
             raise DataConfigError(f"data spec {key}={value!r} must be an int (got {type(value).__name__}), e.g. {_example(key)}.")
     if "seq_len" in out and out["seq_len"] < 2:
         raise DataConfigError(f"data spec seq_len={out['seq_len']} must be >= 2 tokens, e.g. 4096.")
     if "path" in out and (not isinstance(out["path"], (str, list, tuple)) or not out["path"]) \
             and not (kind == "text" and out["path"] is None):
         raise DataConfigError(f"data spec path={out['path']!r} must be a non-empty URI (or a list of URIs).")
+    if kind == "entropy_text":
+        from data_pipelines.entropy_text import check_temperature
+
+        check_temperature(out["temperature"])
+        if out["num_samples"] < 1 or out["words"] < 2:
+            raise DataConfigError(f"data spec num_samples={out['num_samples']} and words={out['words']} must be >= 1 "
+                                  "and >= 2, e.g. num_samples=10000, words=64.")
     if out.get("seq_len_schedule") is not None:
         from data_pipelines.schedule import check_schedule
 
@@ -178,12 +196,25 @@ def build_source(spec: Mapping[str, Any], tokenizer):
         source = TextWindows(tokenizer, spec["seq_len"], path=spec["path"], field=spec["field"], split=spec["split"],
                              validation_fraction=spec["validation_fraction"], num_samples=spec["num_samples"],
                              seed=spec["seed"], storage_options=spec["storage_options"])
+    elif kind == "entropy_text":
+        from data_pipelines.entropy_text import EntropyText
+
+        source = EntropyText(tokenizer, spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
+                             words=spec["words"], temperature=spec["temperature"], chain_seed=spec["chain_seed"])
     elif kind == "qa_facts":
         from data_pipelines.qa import QAFacts
 
         source = QAFacts(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
                          question_len=spec["question_len"], answer_len=spec["answer_len"], digits=spec["digits"],
-                         keys=spec["keys"], distractors=spec["distractors"])
+                         keys=spec["keys"], distractors=spec["distractors"], min_seq_len=spec["min_seq_len"])
+    elif kind == "poc_labels":
+        from data_pipelines.poc_labels import PoCLabels
+
+        pad = getattr(tokenizer, "pad_token_id", None)
+        source = PoCLabels(spec["path"], spec["seq_len"], split=spec["split"],
+                           validation_fraction=spec["validation_fraction"], num_samples=spec["num_samples"],
+                           seed=spec["seed"], storage_options=spec["storage_options"],
+                           pad_token_id=int(pad) if pad is not None else 0)
     elif kind == "qa_jsonl":
         from data_pipelines.qa import QAJsonl
 

@@ -144,10 +144,16 @@ class QAFacts:
 
     ``keys``: None for :func:`builtin_keys`, or a list of distinct words (no ":" or newline); each
     key's facts must tokenize the same inside the context as alone (checked here).
+
+    ``min_seq_len``: None (every context is filled up to ``seq_len``), or the shortest context: each
+    sample then fills a budget drawn uniformly from [min_seq_len, seq_len] tokens (its own random
+    stream, so the facts of the default samples do not change), giving contexts of varied length
+    and number of facts (PoC's labels, where compressibility should vary between contexts).
     """
 
     def __init__(self, tokenizer, seq_len: int, num_samples: int = 10_000, seed: int = 0, question_len: int = 32,
-                 answer_len: int = 12, digits: int = 5, keys: Sequence[str] | None = None, distractors: int = 0):
+                 answer_len: int = 12, digits: int = 5, keys: Sequence[str] | None = None, distractors: int = 0,
+                 min_seq_len: int | None = None):
         _check_int("seq_len", seq_len, 1, 4096)
         _check_int("num_samples", num_samples, 1, 10_000)
         _check_int("seed", seed, 0, 0)
@@ -159,6 +165,11 @@ class QAFacts:
         self.tokenizer = tokenizer
         self.seq_len, self.num_samples, self.seed = seq_len, num_samples, int(seed)
         self.question_len, self.answer_len, self.digits, self.distractors = question_len, answer_len, digits, distractors
+        if min_seq_len is not None:
+            _check_int("min_seq_len", min_seq_len, 1, seq_len // 2)
+            require(min_seq_len <= seq_len, f"min_seq_len={min_seq_len} exceeds seq_len={seq_len}: the shortest "
+                                            f"context cannot be longer than the longest. Pass e.g. min_seq_len={seq_len // 2}.")
+        self.min_seq_len = min_seq_len
         self.eos_token_id, self.pad_token_id = _special_ids(tokenizer)
         self.keys = builtin_keys(tokenizer) if keys is None else self._check_keys(keys)
         require(len(self.keys) > 0, "the tokenizer has no single-token lowercase words to use as keys: pass keys=[...].")
@@ -247,6 +258,13 @@ class QAFacts:
                 f"distractors={self.distractors} needs {1 + self.distractors} facts in the context, but seq_len="
                 f"{self.seq_len} holds only {fewest} (facts of up to {longest} tokens). Use seq_len >= "
                 f"{longest * (1 + self.distractors)} or fewer distractors.")
+        if self.min_seq_len is not None:
+            need = longest * (1 + self.distractors)
+            if self.min_seq_len < need:
+                raise DataConfigError(
+                    f"min_seq_len={self.min_seq_len} may leave room for fewer than the {1 + self.distractors} facts "
+                    f"that distractors={self.distractors} needs (facts of up to {longest} tokens). Use "
+                    f"min_seq_len >= {need}.")
         if self.distractors > n_keys - 1:
             raise DataConfigError(f"distractors={self.distractors} needs {1 + self.distractors} distinct keys, but there are "
                                   f"{n_keys}. Pass more keys or fewer distractors.")
@@ -287,7 +305,10 @@ class QAFacts:
         index = _check_index(index, self.num_samples)
         rng = sample_rng(self.seed, index)
         order = rng.permutation(len(self.keys))
-        n = int(np.searchsorted(np.cumsum(self._fact_len[order]), self.seq_len, side="right"))
+        budget = self.seq_len
+        if self.min_seq_len is not None:
+            budget = int(sample_rng(self.seed, index, stream=1).integers(self.min_seq_len, self.seq_len + 1))
+        n = int(np.searchsorted(np.cumsum(self._fact_len[order]), budget, side="right"))
         order = order[:n]
         query = int(rng.integers(n))
         span = 10 ** self.digits

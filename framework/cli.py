@@ -5,6 +5,7 @@
     longctx data      prepare, inspect and verify token stores
     longctx eval      passkey retrieval and perplexity of a model
     longctx bench     efficiency curves against full and sliding-window attention
+    longctx compress  PoC: compress each context at the smallest ratio predicted to keep a floor
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from framework.eval.cli import add_eval_subcommands
 
     add_eval_subcommands(sub)
+    from framework.eval.cli import add_compress_subcommand
+
+    add_compress_subcommand(sub)
     return parser
 
 

@@ -210,6 +210,35 @@ def make_namespace(R: Node) -> dict[str, Any]:
             rows.append(row)
         return _table(header, rows)
 
+    def ae_study_table(name: str = "ae_study_tiny") -> str:
+        """Per (encoder, decoder) pair: mean F1 / BLEU / ROUGE-L, F1 per held-out corpus; then the group means."""
+        d = R[name].raw()
+        corpora = sorted(d["settings"]["corpora"])
+        pairs = sorted(d["pairs"], key=lambda p: (not d["pairs"][p]["aligned"], p))
+        rows = []
+        for pair in pairs:
+            v = d["pairs"][pair]
+            rows.append([f"`{pair}`", "yes" if v["aligned"] else "no"]
+                        + [_n(v["means"][k], ".3f") for k in ("f1", "bleu", "rouge_l")]
+                        + [_n(v["by_corpus"][c]["f1"], ".3f") for c in corpora])
+        for group, m in d["alignment"].items():
+            rows.append([f"**{group}** (mean of {m['n']} texts)", ""]
+                        + [_n(m[k], ".3f") for k in ("f1", "bleu", "rouge_l")] + [""] * len(corpora))
+        header = ["encoder -> decoder", "aligned", "F1", "BLEU", "ROUGE-L"] + [f"F1 on {c}" for c in corpora]
+        return _table(header, rows)
+
+    def ae_study_correlations(name: str = "ae_study_tiny") -> str:
+        """Spearman rho (p) of F1 against each entropy, per pair and pooled."""
+        d = R[name].raw()["correlations"]
+        order = ["pooled"] + sorted(k for k in d if k != "pooled")
+
+        def cell(c):
+            return "" if c["rho"] is None else f"{c['rho']:+.2f} (p = {c['p']:.2g}, n = {c['n']})"
+
+        return _table(["texts of", "encoder entropy vs F1", "decoder entropy vs F1"],
+                      [[f"`{k}`" if k != "pooled" else "every pair", cell(d[k]["encoder"]), cell(d[k]["decoder"])]
+                       for k in order])
+
     def efficiency(name: str, method: str, length: int, key: str):
         return next(r[key] for r in R[name].raw()["results"] if r["method"] == method and r["length"] == length)
 
@@ -219,7 +248,8 @@ def make_namespace(R: Node) -> dict[str, Any]:
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
             "loader_table": loader_table, "compression_table": compression_table,
             "passkey_depth_table": passkey_depth_table, "swat_multiple_table": swat_multiple_table,
-            "data_memory_table": data_memory_table,
+            "data_memory_table": data_memory_table, "ae_study_table": ae_study_table,
+            "ae_study_correlations": ae_study_correlations,
             "shared_flags_table": recipe_pages.shared_flags_table, "recipe_flags": recipe_pages.recipe_flags,
             "help_config": recipe_pages.help_config, "presets_line": recipe_pages.presets_line,
             "recipe_doc": recipe_pages.recipe_doc,

@@ -1,4 +1,4 @@
-"""``longctx eval passkey|perplexity|qa`` and ``longctx bench efficiency``.
+"""``longctx eval passkey|perplexity|qa|autoencoder`` and ``longctx bench efficiency``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Bad input exits
 with status 2 and one line naming the cause and the fix; progress goes to stderr, the JSON
@@ -13,7 +13,8 @@ import sys
 
 _EVAL = {"passkey": "passkey retrieval accuracy by context length and depth, with a heat-map",
          "perplexity": "perplexity by position bucket on long documents",
-         "qa": "exact match and F1 of a compressor against the full prompt and truncation, by compression ratio"}
+         "qa": "exact match and F1 of a compressor against the full prompt and truncation, by compression ratio",
+         "autoencoder": "reconstruction F1/BLEU/ROUGE-L of a context autoencoder, with the entropies it measures"}
 _BENCH = {"efficiency": "prefill time, decode ms/token and peak memory against context length"}
 
 
@@ -46,3 +47,13 @@ def _add_group(sub, name: str, title: str, commands: dict) -> None:
 def add_eval_subcommands(sub) -> None:
     _add_group(sub, "eval", "evaluate a long-context model", _EVAL)
     _add_group(sub, "bench", "measure a model's efficiency", _BENCH)
+
+
+def add_compress_subcommand(sub) -> None:
+    """``longctx compress``: PoC's per-context ratio and compression (framework.eval.compress)."""
+    module = importlib.import_module("framework.eval.compress")
+    parser = sub.add_parser("compress", help="compress each context at the smallest ratio a PoC predictor expects "
+                                             "to keep the floor", description=module.__doc__.strip(),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.set_defaults(func=_runner("compress"))

@@ -97,6 +97,11 @@ def train_loop_per_worker(payload: dict) -> None:
     from framework.methods.base_model import load_tokenizer
     from framework.tracking.logger import MLflowRunLogger
 
+    import mlflow
+
+    # the driver's store, for what a method resolves on the worker (e.g. models:/ URIs of the models it pairs)
+    mlflow.set_tracking_uri(payload["tracking_uri"])
+    mlflow.set_registry_uri(payload["tracking_uri"])
     spec = get_method(payload["method"])
     cfg = from_dict(spec.job, payload["job"])
     ctx = ray.train.get_context()

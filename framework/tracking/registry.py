@@ -140,6 +140,28 @@ def qa_signature(max_new_tokens: int):
                           outputs=Schema([ColSpec("string")]), params=params)
 
 
+def reconstruction_signature():
+    """Texts in, their reconstructions out; max_new_tokens 0 means each text's own length."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 0)]))
+
+
+def poc_signature(max_new_tokens: int):
+    """(context, question) string columns in (the question may be empty); per row the chosen ratio, the
+    predicted retention, the context and memory sizes and the answer out; the floor as a param."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = ParamSchema([ParamSpec("floor", "double", 0.9), ParamSpec("max_new_tokens", "long", max_new_tokens)])
+    outputs = Schema([ColSpec("double", "ratio"), ColSpec("double", "predicted_retention"),
+                      ColSpec("long", "context_tokens"), ColSpec("long", "memory_slots"), ColSpec("string", "answer")])
+    return ModelSignature(inputs=Schema([ColSpec("string", "context"), ColSpec("string", "question", required=False)]),
+                          outputs=outputs, params=params)
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """One kind of saved model: how to recognise its directory, what it must hold, how it is served.
@@ -171,6 +193,20 @@ MODEL_KINDS = (
               example=lambda n: ({"context": ["pear: 41907. plum: 22815."],
                                   "question": ["What is the value of plum?"]}, {"max_new_tokens": min(n, 4)}),
               save_hint="Fix: write it with CompressorForQA.save_pretrained(model_dir, tokenizer=tokenizer)"),
+    ModelKind("context-autoencoder", "autoencoder_config.json",
+              ("autoencoder.safetensors", "encoder/config.json", "encoder/model.safetensors", "decoder/config.json",
+               "decoder/model.safetensors", "encoder/tokenizer.json|encoder/tokenizer_config.json"),
+              pyfunc=HERE / "autoencoder_pyfunc_model.py", signature=lambda n: reconstruction_signature(),
+              example=lambda n: (["the house was quiet and the garden was green"], {"max_new_tokens": min(n, 4)}),
+              save_hint="Fix: write it with ContextAutoencoder.save_pretrained(model_dir, tokenizer=tokenizer)"),
+    ModelKind("poc-predictor", "poc_predictor.json",
+              ("config.json", "poc_predictor.safetensors", "poc_pipeline.json", _TOKENIZER,
+               "compressor/compressor_config.json", "compressor/compressor.safetensors"),
+              pyfunc=HERE / "poc_pyfunc_model.py", signature=lambda n: poc_signature(n),
+              example=lambda n: ({"context": ["pear: 41907. plum: 22815."],
+                                  "question": ["What is the value of plum?"]}, {"floor": 0.9, "max_new_tokens": min(n, 4)}),
+              save_hint="Fix: write it with framework.models.compression.poc_pipeline.save_pipeline (the predictor, "
+                        "its tokenizer, the label grid and a copy of its compressor in compressor/)"),
     ModelKind("causal-lm", None, ("config.json", _WEIGHTS, _TOKENIZER), **_GENERATE,
               save_hint="Fix: write it with model.save_pretrained(model_dir) and tokenizer.save_pretrained(model_dir)"),
 )

@@ -1,0 +1,1 @@
+"""Recipes of several jobs that make one study (framework.launch.stages runs them)."""
