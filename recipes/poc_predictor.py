@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 
 from framework.launch.config import DataConfig, LaunchConfig
-from framework.launch.poc_stages import LabelSettings, PoCRecipe, run_pipeline
+from framework.studies.poc import LabelSettings, PoCRecipe, run_pipeline
 from framework.launch.recipe_cli import main
 from framework.methods.base_model import BaseModelConfig, tiny_qwen3
 from framework.methods.comi import COMIJob, COMISettings
