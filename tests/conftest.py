@@ -1,6 +1,7 @@
 """Shared pytest setup: tests never reach the Hugging Face Hub."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,3 +20,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _autograd_is_left_on():
+    """Fail the test that turns autograd off for the whole process (``torch.set_grad_enabled(False)``
+    outside a ``with`` block): every later test that needs gradients would fail far from the cause.
+    torch is not imported here; a test that never imported it is not checked."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left torch autograd disabled for the process; scope it with `with torch.no_grad():`")

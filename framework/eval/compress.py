@@ -88,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
                             "ratio with `longctx eval qa`")
     import torch
 
-    torch.set_grad_enabled(False)
     pipe = PoCPipeline.from_pretrained(directory)
     memories, ratios = {}, {}
-    for number, context, question in rows:
-        got = pipe.run(context, args.floor, question, args.max_new_tokens)
-        memories[f"memory_{number}"] = got.pop("memory").contiguous()
-        ratios[str(number)] = got["ratio"]
-        print(json.dumps({"line": number, **got}), flush=True)
+    with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
+        for number, context, question in rows:
+            got = pipe.run(context, args.floor, question, args.max_new_tokens)
+            memories[f"memory_{number}"] = got.pop("memory").contiguous()
+            ratios[str(number)] = got["ratio"]
+            print(json.dumps({"line": number, **got}), flush=True)
     if args.out:
         from safetensors.torch import save_file
 
