@@ -111,20 +111,28 @@ def compressor_identity(uri: str, tracking_uri: str | None) -> str:
     return f"dir:{os.path.abspath(uri)}#{file_sha256(weights)[:16]}"
 
 
-def _load_compressor(uri: str, tracking_uri: str | None):
-    import torch
+def _compressor_files(uri: str, tracking_uri: str | None):
+    """The compressor's local directory and its tokenizer (no weights are loaded)."""
     from transformers import AutoTokenizer
 
     from framework.eval.model_uri import resolve_model_dir
-    from framework.models.compression.skeleton import CompressorForQA
 
     if uri.startswith("dir:"):  # a pinned directory (compressor_identity): the path before the weights' hash
         uri = uri[len("dir:"):].rsplit("#", 1)[0]
     directory = resolve_model_dir(uri, tracking_uri)
-    model = CompressorForQA.from_pretrained(directory).eval()
     tok = AutoTokenizer.from_pretrained(directory)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    return directory, tok
+
+
+def _load_compressor(uri: str, tracking_uri: str | None):
+    import torch
+
+    from framework.models.compression.skeleton import CompressorForQA
+
+    directory, tok = _compressor_files(uri, tracking_uri)
+    model = CompressorForQA.from_pretrained(directory).eval()
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tok, directory
 
 
@@ -216,7 +224,7 @@ def generate_labels(job: LabelJob, log=print):
     job.check()
     pinned = compressor_identity(job.compressor, job.tracking_uri)
     job.compressor = pinned
-    _, tok, _ = _load_compressor(pinned, job.tracking_uri)
+    _, tok = _compressor_files(pinned, job.tracking_uri)  # the driver needs the tokenizer only
     payload = label_key(job, pinned, tokenizer_fingerprint(tok))
     key = cache_key(payload)
     state = cache_state(job.path, key, job.storage_options)
