@@ -26,6 +26,7 @@ class CoMeTModule(TokenLossModule):
             labels=batch["labels"],
             attention_mask=batch.get("attention_mask"),
             document_ids=batch.get("document_ids"),
+            chunk_ids=batch.get("chunk_ids"),  # data.options.chunking: the paper's random chunking
             return_logits=False,
         )
         return out.loss_sum, out.num_tokens
@@ -57,6 +58,16 @@ def validate(cfg: JobConfig) -> None:
                           f"comet.chunk_size={cfg.comet.chunk_size}: the global-memory gate first acts on the third "
                           "chunk, so it would get no gradient (and DDP stops on unused parameters). "
                           "Fix: seq_len > 2 x chunk_size, or lower chunk_size")
+    chunking = cfg.data.options.get("chunking")
+    if isinstance(chunking, dict) and isinstance(chunking.get("chunk_size"), int):
+        if chunking["chunk_size"] > cfg.comet.chunk_size:
+            raise ConfigError(f"data.options.chunking.chunk_size={chunking['chunk_size']} exceeds comet.chunk_size="
+                              f"{cfg.comet.chunk_size}: a planned chunk must fit in one of the model's chunks. "
+                              f"Fix: chunking.chunk_size <= {cfg.comet.chunk_size}")
+        if cfg.launch.strategy == PIPELINE_STRATEGY:
+            raise ConfigError("data.options.chunking (chunk plans) is not supported by the layer pipeline, which "
+                              "splits fixed chunks across ranks. Fix: remove data.options.chunking, or use "
+                              "launch.strategy=ddp")
     if cfg.launch.strategy == PIPELINE_STRATEGY:
         from framework.strategies.mesh import PipelineConfigError, check_job
 

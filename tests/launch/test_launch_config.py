@@ -68,6 +68,10 @@ def test_recipe_help_config_lists_every_section(tmp_path):
     (["--data.seq_len", "128"], "the global-memory gate first acts on the third chunk"),
     (["--preset", "paper"], "data spec kind='chat' needs 'path'"),
     (["--data.options", '{"digitz": 5}'], "unknown key 'digitz'. Did you mean 'digits'?"),
+    (["--data.options", '{"chunking": {"strategy": "random", "chunk_size": 128}}'],
+     "chunking.chunk_size=128 exceeds comet.chunk_size=64"),
+    (["--data.options", '{"chunking": {"strategy": "random", "chunk_size": 64}}', "--launch.strategy", "pipeline"],
+     "not supported by the layer pipeline"),
 ])
 def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, args, expected):
     out = _recipe("--preset", "tiny", *args, cwd=tmp_path)

@@ -107,3 +107,32 @@ def last_real_doc(text_valid: torch.Tensor, text_doc: torch.Tensor) -> torch.Ten
     last = torch.where(text_valid, idx, torch.full_like(idx, -1)).amax(dim=1).clamp(min=0)
     last = torch.where(text_valid.any(dim=1), last, torch.full_like(last, n - 1))
     return text_doc.gather(1, last[:, None]).squeeze(1)
+
+
+def chunk_plan_layout(chunk_ids: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int, int]:
+    """Where each token goes when the chunks of a chunk plan are laid out one per fixed-size slot.
+
+    chunk_ids: (B, N) long, the chunk of every token (``data_pipelines.chunking.ChunkedSource``):
+    each row starts at chunk 0 and steps by 0 or 1, and no chunk holds more than `chunk_size` tokens.
+    Returns (dest, length, slot): slot is the plan's longest chunk, and token (b, i) moves to position
+    dest[b, i] of a (B, length) layout in which chunk c fills [c * slot, c * slot + its size) and the
+    rest of its slot is padding. Fixed chunks of `slot` tokens then follow the plan exactly; padding
+    rows are masked like any other.
+    """
+    if chunk_ids.dim() != 2 or chunk_ids.shape[1] == 0:
+        raise ValueError(f"chunk_ids must be (batch, length>0); got shape {tuple(chunk_ids.shape)}")
+    ids = chunk_ids.long()
+    steps = ids[:, 1:] - ids[:, :-1]
+    if bool((ids[:, 0] != 0).any()) or bool(((steps != 0) & (steps != 1)).any()):
+        raise ValueError("chunk_ids must start at 0 in every row and grow by 0 or 1 from token to token (one id per "
+                         "chunk, chunks in order). Fix: build them with data_pipelines.chunking.ChunkedSource")
+    batch, n = ids.shape
+    pos = torch.arange(n, device=ids.device).expand(batch, n)
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[:, 1:] = steps != 0
+    offset = pos - torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    slot = int(offset.max()) + 1
+    if slot > chunk_size:
+        raise ValueError(f"a chunk of the plan holds {slot} tokens, more than the model's chunk_size="
+                         f"{chunk_size}. Fix: set the data's chunking.chunk_size to at most {chunk_size}")
+    return ids * slot + offset, (int(ids.max()) + 1) * slot, slot

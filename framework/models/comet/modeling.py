@@ -17,7 +17,7 @@ from ..hf_compat import cache_keyword
 from .attention import PrefixKV, memory_kv, segment_mask
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
-from .layout import COMPRESS, READOUT, TEXT, SegmentLayout, last_real_doc, row_meta, segment_layout
+from .layout import COMPRESS, READOUT, TEXT, SegmentLayout, chunk_plan_layout, last_real_doc, row_meta, segment_layout
 from .memory import LayerMemory, LayerMemoryNets, MemoryIndex, fifo_select
 
 COMET_WEIGHTS = "comet.safetensors"
@@ -276,9 +276,9 @@ class CoMeTForCausalLM(nn.Module):
             queue_doc = torch.cat([old_doc, comp_doc], 1).gather(1, plan.fifo_index)
         plan.next_index = MemoryIndex(cfg.uses_global_memory, last_doc, queue_valid, queue_doc)
 
-    def _plan_chunks(self, text_valid, text_doc, mask_cache) -> list:
-        """Closed-chunk plans for a whole sequence, in order: [(start, end, plan)]."""
-        n, size = text_valid.shape[1], self.config.chunk_size
+    def _plan_chunks(self, text_valid, text_doc, mask_cache, size: int | None = None) -> list:
+        """Closed-chunk plans for a whole sequence, in order: [(start, end, plan)], chunks of `size` (chunk_size)."""
+        n, size = text_valid.shape[1], size or self.config.chunk_size
         index, plans = MemoryIndex(), []
         for start in range(0, n, size):
             end = min(start + size, n)
@@ -362,7 +362,7 @@ class CoMeTForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ public forward
     def forward(self, input_ids=None, labels=None, attention_mask=None, document_ids=None, inputs_embeds=None,
-                return_logits: bool = True, schedule: str = "layer_major") -> CoMeTOutput:
+                return_logits: bool = True, schedule: str = "layer_major", chunk_ids=None) -> CoMeTOutput:
         """Train-time forward with full backpropagation through every chunk's memory.
 
         labels are shifted here, on the raw text, before any special token is inserted: text token
@@ -371,12 +371,21 @@ class CoMeTForCausalLM(nn.Module):
         attention and memory inside each document of a packed sequence.
         schedule: "layer_major" (every chunk at layer l, then layer l+1; the pipeline's order) or
         "chunk_major" (every layer of chunk t, then chunk t+1). Both compute the same function.
+        chunk_ids (B, N): a chunk plan (``data_pipelines.chunking``, the paper's random chunking in
+        training) instead of fixed chunks of chunk_size; each chunk of the plan runs as one chunk, padded
+        to chunk_size. Labels are shifted on the raw text first, so no target is lost at a boundary.
         """
         embeds = self._input_embeds(input_ids, inputs_embeds)
         batch, n, _ = embeds.shape
         text_valid, text_doc = self._text_meta(batch, n, attention_mask, document_ids, embeds.device)
         targets = None if labels is None else self._shift_labels(labels, text_valid, text_doc)
-        plans = self._plan_chunks(text_valid, text_doc, mask_cache={})
+        dest, slot = None, None
+        if chunk_ids is not None:
+            if tuple(chunk_ids.shape) != (batch, n):
+                raise ValueError(f"chunk_ids has shape {tuple(chunk_ids.shape)}; it must match the input's {(batch, n)}")
+            dest, slot, embeds, text_valid, text_doc, targets = self._follow_chunk_plan(
+                chunk_ids.to(embeds.device), embeds, text_valid, text_doc, targets)
+        plans = self._plan_chunks(text_valid, text_doc, mask_cache={}, size=slot)
         n_layers = len(self.layers)
 
         if schedule == "layer_major":
@@ -396,6 +405,8 @@ class CoMeTForCausalLM(nn.Module):
             raise ValueError(f"schedule={schedule!r}: use 'layer_major' or 'chunk_major'")
 
         loss_sum, num_tokens, logits = self.head_block(xs, plans, targets, return_logits)
+        if dest is not None and logits is not None:  # back to the input's positions
+            logits = logits.gather(1, dest[..., None].expand(-1, -1, logits.shape[-1]))
         out = CoMeTOutput(logits=logits, memory=memory)
         if targets is not None:
             out.num_tokens = num_tokens
@@ -447,6 +458,24 @@ class CoMeTForCausalLM(nn.Module):
         if targets is not None and plans:
             num_tokens = (targets[:, plans[0][0]:plans[-1][1]] != -100).sum()
         return loss_sum, num_tokens, torch.cat(logits, dim=1) if logits else None
+
+    def _follow_chunk_plan(self, chunk_ids, embeds, text_valid, text_doc, targets):
+        """Spread the sequence so that each chunk of the plan fills one slot of the plan's longest chunk (the rest
+        is padding). Attention never crosses a chunk and positions count real rows only, so a shorter chunk
+        than chunk_size computes what chunk_size would for the same tokens."""
+        dest, length, slot = chunk_plan_layout(chunk_ids, self.config.chunk_size)
+        batch, n = dest.shape
+
+        def spread(x, fill):
+            out = x.new_full((batch, length, *x.shape[2:]), fill)
+            index = dest.view(batch, n, *([1] * (x.dim() - 2))).expand_as(x)
+            return out.scatter(1, index, x)
+
+        # padding takes the document of the token before it (token 0 always lands at position 0)
+        source = spread(torch.arange(n, device=dest.device).expand(batch, n), -1).cummax(dim=1).values
+        new_doc = text_doc.gather(1, source)
+        new_targets = None if targets is None else spread(targets, -100)
+        return dest, slot, spread(embeds, 0.0), spread(text_valid, False), new_doc, new_targets
 
     def _input_embeds(self, input_ids, inputs_embeds) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
