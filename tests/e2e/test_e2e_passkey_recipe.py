@@ -36,7 +36,7 @@ def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
 
 def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     out = {}
-    for preset in ("tiny", "no_gate", "no_temp"):
+    for preset in ("tiny", "no_gate", "no_temp", "random_chunks"):
         proc = subprocess.run([sys.executable, str(RECIPE), "--preset", preset, "--help-config"], cwd=tmp_path,
                               env=recipe_env(), stdout=subprocess.PIPE, text=True, timeout=120)
         assert proc.returncode == 0
@@ -45,13 +45,19 @@ def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     assert diff("tiny", "no_gate") == {"comet.global_gate", "launch.run_name", "tracking.model_name"}
     assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
     assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
+    assert diff("tiny", "random_chunks") == {"data.options", "launch.max_steps", "launch.run_name", "tracking.model_name"}
+    options = json.loads(out["random_chunks"]["data.options"].rsplit("  (", 1)[0])
+    assert options["chunking"] == {"strategy": "random", "chunk_size": 32, "min_chunk": 4}
 
 
-ABLATIONS = {  # preset: (its command on the page, the config fields it changes)
+ABLATIONS = {  # preset: (its command on the page, a check of the logged params it changes)
     "no_gate": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_gate", "recipes/comet_passkey_tiny.md"),
-                {"comet.global_gate": "overwrite"}),
+                lambda params: params["comet.global_gate"] == "overwrite"),
     "no_temp": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_temp", "recipes/comet_passkey_tiny.md"),
-                {"comet.temp_budget": "0"}),
+                lambda params: params["comet.temp_budget"] == "0"),
+    "random_chunks": (lambda: shown("python recipes/comet_passkey_tiny.py --preset random_chunks",
+                                    "recipes/comet_passkey_tiny.md"),
+                      lambda params: json.loads(params["data.options"])["chunking"]["strategy"] == "random"),
 }
 
 
@@ -67,7 +73,7 @@ def test_each_ablation_command_trains_registers_and_evaluates(tmp_path, preset):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["model"].startswith(f"models:/comet-passkey-tiny-{preset.replace('_', '-')}/")
     params = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"]).data.params
-    assert {k: params[k] for k in changed} == changed
+    assert changed(params), params
 
 
 def test_bad_evaluation_flags_fail_before_training_starts(tmp_path):
