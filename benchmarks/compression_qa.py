@@ -223,6 +223,34 @@ def answer_loss_of_memory(model, memory, batch):
     return s / c
 
 
+def multi_query_loss(reader, source, indices, queries: int):
+    """Mean answer-token cross-entropy of the reader over [context ; q1 ; a1 ; ... ; qn ; an], the asked fact
+    first and up to ``queries`` - 1 other facts of the same context after it (``QAFacts.qa_pairs``)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, where, targets = [], [], []
+    for b, i in enumerate(indices):
+        sample = source[i]
+        parts = [sample["context_ids"][sample["context_mask"].bool()]]
+        for question, answer in source.qa_pairs(i, queries):
+            start = sum(int(p.numel()) for p in parts) + len(question)
+            parts += [torch.from_numpy(question), torch.from_numpy(answer)]
+            where += [(b, start - 1 + k) for k in range(len(answer))]
+            targets.append(torch.from_numpy(answer))
+        rows.append(torch.cat(parts))
+    width = max(int(r.numel()) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :r.numel()], mask[b, :r.numel()] = r, 1
+    device = reader.device
+    hidden = reader.decoder.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    at = torch.tensor(where, device=device)
+    logits = reader.decoder.get_output_embeddings()(hidden[at[:, 0], at[:, 1]]).float()
+    return F.cross_entropy(logits, torch.cat(targets).to(device))
+
+
 def _recall(comp):
     hits = total = 0
     for kept, positives in zip(comp.kept, comp.positives):
@@ -392,6 +420,8 @@ def parse_args(argv=None):
                    help="shorter context lengths that the reader trains on first, an equal share of the steps each")
     p.add_argument("--digits", type=int, default=2, help="digits of each fact's value (the answer)")
     p.add_argument("--reader-steps", type=int, default=1500)
+    p.add_argument("--reader-queries", type=int, default=1,
+                   help="questions per context in the reader's training (the asked fact first, then others)")
     p.add_argument("--reader-lr", type=float, default=3e-3)
     p.add_argument("--reader-warmup", type=int, default=50)
     p.add_argument("--seq-len", type=int, default=256, help="context tokens of stage 1 and of the evaluation")
@@ -429,7 +459,7 @@ def parse_args(argv=None):
         p.error(f"--ratios {args.ratios} must include the training --ratio {args.ratio}")
     if min(args.ratios) < 1:
         p.error("--ratios must be >= 1")
-    for flag in ("reader_steps", "steps", "batch", "eval_samples", "eval_batch", "max_new_tokens"):
+    for flag in ("reader_steps", "reader_queries", "steps", "batch", "eval_samples", "eval_batch", "max_new_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     return args
@@ -481,13 +511,17 @@ def main(argv=None) -> dict:
     reader_init_hash = state_hash(reader.decoder)
 
     def reader_step(model, batch):
-        loss = answer_loss_of_memory(model, model.token_memory(batch["context_ids"], batch["context_mask"]).memory,
-                                     batch)
+        if args.reader_queries > 1:
+            loss = multi_query_loss(model, batch.pop("_source"), batch.pop("_indices"), args.reader_queries)
+        else:
+            loss = answer_loss_of_memory(model, model.token_memory(batch["context_ids"], batch["context_mask"]).memory,
+                                         batch)
         return loss, loss.new_zeros(()), {}
 
     def reader_batch(step):  # the curriculum: an equal share of the steps at each length, shortest first
         phase = phases[min(len(phases) - 1, step * len(phases) // args.reader_steps)]
-        return tensors(make_batch(sources[f"reader_train_{phase}"], step * args.batch, (step + 1) * args.batch))
+        source, lo, hi = sources[f"reader_train_{phase}"], step * args.batch, (step + 1) * args.batch
+        return {**tensors(make_batch(source, lo, hi)), "_source": source, "_indices": range(lo, hi)}
 
     log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} contexts of {phases} tokens (curriculum)")
     reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,

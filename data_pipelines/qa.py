@@ -327,6 +327,21 @@ class QAFacts:
     def value_text(self, value: int) -> str:
         return str(int(value)).zfill(self.digits)
 
+    def qa_pairs(self, index: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids ``(question, answer)`` of ``n`` facts of sample ``index`` (fewer if it has fewer): the
+        asked fact first, then others drawn from the sample's own stream. Several questions about one
+        context give a reader more answers to learn from per context (multi-query recall)."""
+        plan = self.draw(index)
+        others = [j for j in range(len(plan["keys"])) if j != plan["query"]]
+        rng = sample_rng(self.seed, index, stream=2)
+        chosen = [plan["query"]] + [others[j] for j in rng.permutation(len(others))[:max(0, n - 1)]]
+        out = []
+        for j in chosen:
+            value = self.value_text(plan["values"][j])
+            answer = np.concatenate([self._answer_prefix, self._digit_ids[[int(c) for c in value]], [self.eos_token_id]])
+            out.append((np.asarray(self._questions[int(plan["keys"][j])]), answer.astype(np.int64)))
+        return out
+
     def query(self, index: int) -> tuple[str, str]:
         """``(key, value)`` asked in sample ``index``."""
         plan = self.draw(index)

@@ -108,3 +108,24 @@ def test_state_hash_sees_every_weight(bench):
     with torch.no_grad():
         b.bias[0] += 1e-6
     assert bench.state_hash(a) != bench.state_hash(b)
+
+
+def test_multi_query_loss_of_one_query_is_the_answer_loss(bench):
+    from data_pipelines.qa import QAFacts
+    from data_pipelines.tokenizer import load_project_tokenizer
+    from framework.methods.base_model import build_base_model, tiny_qwen3
+    from framework.models.compression.config import CompressorConfig
+    from framework.models.compression.skeleton import CompressorForQA
+
+    tok = load_project_tokenizer()
+    source = QAFacts(tok, seq_len=48, num_samples=8, digits=2)
+    reader = CompressorForQA(build_base_model(tiny_qwen3(hidden_size=32), vocab_size=len(tok), seed=0),
+                             CompressorConfig(method="comi", encoder_layers=1, alignment="linear")).eval()
+    batch = bench.tensors(bench.make_batch(source, 0, 4))
+    with torch.no_grad():
+        direct = bench.answer_loss_of_memory(reader, reader.token_memory(batch["context_ids"],
+                                                                         batch["context_mask"]).memory, batch)
+        one = bench.multi_query_loss(reader, source, range(4), 1)
+        three = bench.multi_query_loss(reader, source, range(4), 3)
+    torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(three) and not torch.allclose(three, one)

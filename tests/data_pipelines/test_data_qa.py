@@ -258,3 +258,22 @@ def test_factory_validates_qa_specs(tok, tmp_path):
         build_source({"kind": "qa_jsonl", "path": str(tmp_path), "seq_len": 64, "on_bad_record": "ignore"}, tok)
     with pytest.raises(DataConfigError, match="does not exist"):
         build_source({"kind": "qa_jsonl", "path": str(tmp_path / "missing.jsonl"), "seq_len": 64}, tok)
+
+
+def test_qa_pairs_ask_the_sample_question_first_then_other_facts_of_its_context(tok, facts):
+    for i in range(5):
+        s, text = facts[i], facts.example(i)
+        pairs = facts.qa_pairs(i, 4)
+        assert len(pairs) == 4
+        q0, a0 = pairs[0]
+        assert q0.tolist() == s["question_ids"][s["question_mask"]].tolist()
+        assert a0.tolist() == s["answer_ids"][s["answer_mask"]].tolist()
+        keys = []
+        for q, a in pairs:
+            key = re.search(r"value of (\S+)\?", tok.decode(q.tolist())).group(1)
+            value = tok.decode(a.tolist(), skip_special_tokens=True).strip()
+            assert f" {key}: {value}." in text["context"]  # the fact is in this context
+            keys.append(key)
+        assert len(set(keys)) == 4
+        assert [q.tolist() for q, _ in facts.qa_pairs(i, 4)] == [q.tolist() for q, _ in pairs]  # deterministic
+    assert len(facts.qa_pairs(0, 10_000)) == len(facts.draw(0)["keys"])  # never more than the facts there are
