@@ -141,8 +141,9 @@ def make_namespace(R: Node) -> dict[str, Any]:
         rows = [[f"{r['seq_len']:,}", str(r["batch_size"]), _n(r["tokens_per_s"], ",")] for r in R.data.loader.raw()]
         return _table(["seq_len", "batch size", "loader tokens/s"], rows)
 
-    def compression_table() -> str:
-        d = R.compression_qa_short.raw()
+    def compression_table(name: str = "compression_qa_short") -> str:
+        """Exact match by method (rows) and evaluation ratio (columns) of one compression_qa result file."""
+        d = R[name].raw()
         ratios = [str(r) for r in d["args"]["ratios"]]
         em = d["exact_match"]
         rows = [[name] + [_n(em[name].get(r), ".2f") for r in ratios] for name in ("ram", "comi", "mean_pool", "truncation")]
