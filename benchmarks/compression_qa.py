@@ -223,20 +223,22 @@ def answer_loss_of_memory(model, memory, batch):
     return s / c
 
 
-def multi_query_loss(reader, source, indices, queries: int):
+def multi_query_loss(reader, batch, source, indices, queries: int):
     """Mean answer-token cross-entropy of the reader over [context ; q1 ; a1 ; ... ; qn ; an], the asked fact
-    first and up to ``queries`` - 1 other facts of the same context after it (``QAFacts.qa_pairs``)."""
+    first and up to ``queries`` - 1 other facts of the same context after it (``QAFacts.qa_pairs``).
+    ``batch`` holds the contexts of ``source``'s samples ``indices``."""
     import torch
     import torch.nn.functional as F
 
     rows, where, targets = [], [], []
     for b, i in enumerate(indices):
-        sample = source[i]
-        parts = [sample["context_ids"][sample["context_mask"].bool()]]
+        parts = [batch["context_ids"][b][batch["context_mask"][b].bool()]]
+        end = int(parts[0].numel())
         for question, answer in source.qa_pairs(i, queries):
-            start = sum(int(p.numel()) for p in parts) + len(question)
+            end += len(question)
+            where += [(b, end - 1 + k) for k in range(len(answer))]
+            end += len(answer)
             parts += [torch.from_numpy(question), torch.from_numpy(answer)]
-            where += [(b, start - 1 + k) for k in range(len(answer))]
             targets.append(torch.from_numpy(answer))
         rows.append(torch.cat(parts))
     width = max(int(r.numel()) for r in rows)
@@ -512,7 +514,7 @@ def main(argv=None) -> dict:
 
     def reader_step(model, batch):
         if args.reader_queries > 1:
-            loss = multi_query_loss(model, batch.pop("_source"), batch.pop("_indices"), args.reader_queries)
+            loss = multi_query_loss(model, batch, batch.pop("_source"), batch.pop("_indices"), args.reader_queries)
         else:
             loss = answer_loss_of_memory(model, model.token_memory(batch["context_ids"], batch["context_mask"]).memory,
                                          batch)

@@ -335,12 +335,13 @@ class QAFacts:
         others = [j for j in range(len(plan["keys"])) if j != plan["query"]]
         rng = sample_rng(self.seed, index, stream=2)
         chosen = [plan["query"]] + [others[j] for j in rng.permutation(len(others))[:max(0, n - 1)]]
-        out = []
-        for j in chosen:
-            value = self.value_text(plan["values"][j])
-            answer = np.concatenate([self._answer_prefix, self._digit_ids[[int(c) for c in value]], [self.eos_token_id]])
-            out.append((np.asarray(self._questions[int(plan["keys"][j])]), answer.astype(np.int64)))
-        return out
+        return [(np.asarray(self._questions[int(plan["keys"][j])]), self._answer_ids(self.value_text(plan["values"][j])))
+                for j in chosen]
+
+    def _answer_ids(self, value: str) -> np.ndarray:
+        """`` {value}`` + eos as token ids."""
+        return np.concatenate([self._answer_prefix, self._digit_ids[[int(c) for c in value]],
+                               [self.eos_token_id]]).astype(np.int64)
 
     def query(self, index: int) -> tuple[str, str]:
         """``(key, value)`` asked in sample ``index``."""
@@ -366,8 +367,7 @@ class QAFacts:
         key = int(order[q])
         question, question_mask = _padded(self._questions[key], self.question_len, self.pad_token_id)
         value = self.value_text(values[q])
-        answer_ids = np.concatenate([self._answer_prefix, self._digit_ids[[int(c) for c in value]], [self.eos_token_id]])
-        answer, answer_mask = _padded(answer_ids, self.answer_len, self.pad_token_id)
+        answer, answer_mask = _padded(self._answer_ids(value), self.answer_len, self.pad_token_id)
         return {
             "context_ids": context, "context_mask": context_mask,
             "question_ids": question, "question_mask": question_mask,

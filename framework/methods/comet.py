@@ -59,9 +59,10 @@ def validate(cfg: JobConfig) -> None:
                           "chunk, so it would get no gradient (and DDP stops on unused parameters). "
                           "Fix: seq_len > 2 x chunk_size, or lower chunk_size")
     chunking = cfg.data.options.get("chunking")
-    if isinstance(chunking, dict) and isinstance(chunking.get("chunk_size"), int):
-        if chunking["chunk_size"] > cfg.comet.chunk_size:
-            raise ConfigError(f"data.options.chunking.chunk_size={chunking['chunk_size']} exceeds comet.chunk_size="
+    if chunking:
+        size = chunking.get("chunk_size") if isinstance(chunking, dict) else None
+        if isinstance(size, int) and size > cfg.comet.chunk_size:
+            raise ConfigError(f"data.options.chunking.chunk_size={size} exceeds comet.chunk_size="
                               f"{cfg.comet.chunk_size}: a planned chunk must fit in one of the model's chunks. "
                               f"Fix: chunking.chunk_size <= {cfg.comet.chunk_size}")
         if cfg.launch.strategy == PIPELINE_STRATEGY:

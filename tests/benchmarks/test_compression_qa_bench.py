@@ -125,7 +125,7 @@ def test_multi_query_loss_of_one_query_is_the_answer_loss(bench):
     with torch.no_grad():
         direct = bench.answer_loss_of_memory(reader, reader.token_memory(batch["context_ids"],
                                                                          batch["context_mask"]).memory, batch)
-        one = bench.multi_query_loss(reader, source, range(4), 1)
-        three = bench.multi_query_loss(reader, source, range(4), 3)
+        one = bench.multi_query_loss(reader, batch, source, range(4), 1)
+        three = bench.multi_query_loss(reader, batch, source, range(4), 3)
     torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(three) and not torch.allclose(three, one)

@@ -373,7 +373,7 @@ class CoMeTForCausalLM(nn.Module):
         "chunk_major" (every layer of chunk t, then chunk t+1). Both compute the same function.
         chunk_ids (B, N): a chunk plan (``data_pipelines.chunking``, the paper's random chunking in
         training) instead of fixed chunks of chunk_size; each chunk of the plan runs as one chunk, padded
-        to chunk_size. Labels are shifted on the raw text first, so no target is lost at a boundary.
+        to the plan's longest chunk. Labels are shifted on the raw text first, so no target is lost at a boundary.
         """
         embeds = self._input_embeds(input_ids, inputs_embeds)
         batch, n, _ = embeds.shape
