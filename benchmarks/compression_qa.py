@@ -3,6 +3,9 @@
     python benchmarks/compression_qa.py              # the default run (about 30 min on a shared 2-core CPU)
     python benchmarks/compression_qa.py --quick      # a few steps of everything (seconds; for tests)
     python benchmarks/compression_qa.py --reader-steps 100 --steps 30 --eval-samples 32 --out /tmp/c.json
+    python benchmarks/compression_qa.py --save-dir /tmp/cqa          # also save the reader and compressors
+    python benchmarks/compression_qa.py --reader-from /tmp/cqa/reader --models comi --steps 1200
+                                                     # new compressors on a saved reader (stage 0 skipped)
 
 Prints one JSON object, writes it to ``--out`` (default ``benchmarks/results/compression_qa.json``) and
 plots exact match against compression ratio to ``--plot`` (default ``docs/img/compression_qa.png``).
@@ -447,6 +450,10 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=100, help="progress line on stderr every N steps (0: never)")
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--save-dir", default=None,
+                   help="save the reader and every compressor (CompressorForQA.save_pretrained) under DIR/<name>")
+    p.add_argument("--reader-from", default=None,
+                   help="a reader saved by --save-dir (DIR/reader): skip stage 0 and start the compressors from it")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compression_qa.json"))
     p.add_argument("--plot", default=str(REPO / "docs" / "img" / "compression_qa.png"))
     args = p.parse_args(argv)
@@ -525,9 +532,14 @@ def main(argv=None) -> dict:
         source, lo, hi = sources[f"reader_train_{phase}"], step * args.batch, (step + 1) * args.batch
         return {**tensors(make_batch(source, lo, hi)), "_source": source, "_indices": range(lo, hi)}
 
-    log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} contexts of {phases} tokens (curriculum)")
-    reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,
-                             args.reader_steps, args.reader_lr, args.reader_warmup, args)
+    if args.reader_from:
+        log(f"stage 0: the reader saved at {args.reader_from} (not trained again)")
+        reader = CompressorForQA.from_pretrained(args.reader_from).eval()
+        reader_info = {"loaded_from": os.path.abspath(args.reader_from), "train_seconds": 0.0}
+    else:
+        log(f"stage 0: reader, {args.reader_steps} steps of {args.batch} contexts of {phases} tokens (curriculum)")
+        reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,
+                                 args.reader_steps, args.reader_lr, args.reader_warmup, args)
     for p in reader.parameters():
         p.requires_grad_(False)
     reader_hash = state_hash(reader.decoder)
@@ -537,6 +549,8 @@ def main(argv=None) -> dict:
     reader_info["exact_match_at_reader_seq_len"] = reader_info["exact_match_at_reader_seq_len_detail"]["exact_match"]
     reader_info["eval_seconds"] = round(time.perf_counter() - t0, 1)
     log(f"reader exact match at {args.reader_seq_len} tokens: {reader_info['exact_match_at_reader_seq_len']:.3f}")
+    if args.save_dir:
+        reader.save_pretrained(os.path.join(args.save_dir, "reader"), tokenizer=tok)
 
     # ---- stage 1: the compressors, each from its own copy of the reader
     compressors, per_model = {}, {}
@@ -564,6 +578,8 @@ def main(argv=None) -> dict:
             p.requires_grad_(False)
         compressors[name] = model
         per_model[name] = info
+        if args.save_dir:
+            model.save_pretrained(os.path.join(args.save_dir, name), tokenizer=tok)
 
     # ---- evaluation
     t0 = time.perf_counter()

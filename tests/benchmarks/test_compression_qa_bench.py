@@ -31,7 +31,8 @@ def quick_run(bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("compression_qa")
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png")])
+        result = bench.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png"),
+                             "--save-dir", str(out / "models")])
     finally:
         torch.set_num_threads(threads)
     return result, out
@@ -99,6 +100,27 @@ def test_every_compressor_starts_from_the_reader(quick_run):
     assert not configs["mean_pool"]["coarse"] and not configs["mean_pool"]["fine"]
     same = {k: v for k, v in configs["comi"].items() if k not in ("coarse", "fine")}
     assert same == {k: v for k, v in configs["mean_pool"].items() if k not in ("coarse", "fine")}
+
+
+def test_saved_models_load_and_a_saved_reader_replaces_stage_0(bench, quick_run):
+    from framework.models.compression.skeleton import CompressorForQA
+
+    result, out = quick_run
+    for name in COMPRESSORS:
+        model = CompressorForQA.from_pretrained(out / "models" / name)
+        assert model.config.method == result["per_model"][name]["method"]
+    reader = CompressorForQA.from_pretrained(out / "models" / "reader")
+    assert bench.state_hash(reader.decoder) == result["reader"]["hash"]
+    threads = torch.get_num_threads()
+    try:
+        again = bench.main(["--quick", "--reader-from", str(out / "models" / "reader"), "--models", "mean_pool",
+                            "--out", str(out / "again.json"), "--plot", str(out / "again.png")])
+    finally:
+        torch.set_num_threads(threads)
+    assert again["reader"]["hash"] == result["reader"]["hash"]
+    assert again["reader"]["loaded_from"] == str((out / "models" / "reader").resolve())
+    assert again["per_model"]["mean_pool"]["decoder_hash_at_start"] == result["reader"]["hash"]
+    assert again["exact_match"]["uncompressed"] == result["exact_match"]["uncompressed"]
 
 
 def test_state_hash_sees_every_weight(bench):
