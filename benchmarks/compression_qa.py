@@ -2,9 +2,9 @@
 
     python benchmarks/compression_qa.py              # the default run (about 30 min on a shared 2-core CPU)
     python benchmarks/compression_qa.py --quick      # a few steps of everything (seconds; for tests)
-    python benchmarks/compression_qa.py --reader-steps 100 --steps 30 --eval-samples 32 --out /tmp/c.json
-    python benchmarks/compression_qa.py --save-dir /tmp/cqa          # also save the reader and compressors
-    python benchmarks/compression_qa.py --reader-from /tmp/cqa/reader --models comi --steps 1200
+    python benchmarks/compression_qa.py --reader-steps 100 --steps 30 --eval-samples 32 --out outputs/c.json
+    python benchmarks/compression_qa.py --save-dir outputs/cqa       # also save the reader and compressors
+    python benchmarks/compression_qa.py --reader-from outputs/cqa/reader --models comi --steps 1200
                                                      # new compressors on a saved reader (stage 0 skipped)
 
 Prints one JSON object, writes it to ``--out`` (default ``benchmarks/results/compression_qa.json``) and
