@@ -2,7 +2,9 @@
 
 Kinds and their keys (defaults in brackets):
 
-- ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None], label_needle [False]
+- ``passkey``: seq_len, num_samples [10000], seed [0], digits [5], depth [None], filler [None], label_needle [False],
+  filler_start ["sentence"; "token" starts the filler at any token], edge_depth_prob [0.0: the chance that a random
+  depth is exactly 0 or 1]
 - ``needle``: seq_len, num_samples [10000], seed [0], num_needles [4], num_queries [1], digits [7], filler [None]
 - both synthetic kinds also take ``seq_len_schedule`` [None]: ``[[start_sample, length], ...]``, a length
   curriculum by global sample position (see ``data_pipelines.schedule``)
@@ -49,7 +51,7 @@ from data_pipelines.errors import DataConfigError
 _REQUIRED = object()
 KINDS: dict[str, dict[str, Any]] = {
     "passkey": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "digits": 5, "depth": None, "filler": None,
-                "label_needle": False, "seq_len_schedule": None},
+                "label_needle": False, "filler_start": "sentence", "edge_depth_prob": 0.0, "seq_len_schedule": None},
     "needle": {"seq_len": _REQUIRED, "num_samples": 10_000, "seed": 0, "num_needles": 4, "num_queries": 1, "digits": 7,
                "filler": None, "seq_len_schedule": None},
     "store_windows": {"path": _REQUIRED, "seq_len": _REQUIRED, "packing": "concat", "num_samples": None, "seed": 0,
@@ -168,7 +170,8 @@ def build_source(spec: Mapping[str, Any], tokenizer):
 
         source = PasskeyTask(tokenizer, seq_len=spec["seq_len"], num_samples=spec["num_samples"], seed=spec["seed"],
                              digits=spec["digits"], depth=spec["depth"], filler=spec["filler"],
-                             label_needle=spec["label_needle"])
+                             label_needle=spec["label_needle"], filler_start=spec["filler_start"],
+                             edge_depth_prob=spec["edge_depth_prob"])
     elif kind == "needle":
         from data_pipelines.synthetic import NeedleTask
 

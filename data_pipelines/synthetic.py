@@ -75,11 +75,18 @@ def _copy_cyclic(src: np.ndarray, start: int, length: int, out: np.ndarray) -> N
         done, pos = done + take, 0
 
 
+FILLER_STARTS = ("sentence", "token")
+
+
 class _NeedleTaskBase:
     """Shared machinery: filler slicing, needle placement, tensor assembly."""
 
-    def __init__(self, tokenizer, seq_len: int, num_samples: int, seed: int, filler):
+    def __init__(self, tokenizer, seq_len: int, num_samples: int, seed: int, filler, filler_start: str = "sentence"):
         require(isinstance(seq_len, int) and seq_len > 0, f"seq_len={seq_len!r} must be a positive int. Pass e.g. seq_len=4096.")
+        require(filler_start in FILLER_STARTS,
+                f"filler_start={filler_start!r} must be one of {FILLER_STARTS}. Pass \"sentence\" (the literature's "
+                "haystacks) or \"token\" (training: every offset of the filler, so every phase of it before the question).")
+        self.filler_start = filler_start
         require(
             isinstance(num_samples, int) and num_samples > 0,
             f"num_samples={num_samples!r} must be a positive int. Pass e.g. num_samples=10_000.",
@@ -132,7 +139,10 @@ class _NeedleTaskBase:
             f"Use seq_len >= {fixed + 16}.",
         )
         tokens = self._filler.tokens
-        filler_start = int(self._filler.sentence_starts[rng.integers(self._filler.sentence_starts.size)])
+        if self.filler_start == "token":
+            filler_start = int(rng.integers(tokens.size))
+        else:
+            filler_start = int(self._filler.sentence_starts[rng.integers(self._filler.sentence_starts.size)])
         cuts = []
         for depth in depths:
             target = int(round(depth * filler_len))
@@ -193,6 +203,13 @@ class PasskeyTask(_NeedleTaskBase):
     ``label_needle``: also label the key's second mention inside the needle ("... 48213. Remember
     it. 48213 is the pass key."), a copy of the first: a dense signal that teaches a model trained
     from scratch to copy digits, before it can learn to carry them across chunks.
+    ``filler_start``: "sentence" (the default) starts the filler at a random sentence; "token" at a
+    random token. With a fixed ``seq_len`` and sentence starts, the filler ends before the question at
+    only a few offsets of a repeated filler, while a longer haystack ends at others; training on
+    "token" starts shows the model every one.
+    ``edge_depth_prob``: with a random depth, the chance that it is exactly 0 or 1 (half each). A
+    uniform depth almost never puts the needle right before the question, with no filler between
+    them, which is where an evaluation at depth 1 puts it.
     """
 
     INTRO = (
@@ -202,7 +219,8 @@ class PasskeyTask(_NeedleTaskBase):
     QUESTION = "\n\nWhat is the pass key? The pass key is "
 
     def __init__(self, tokenizer, seq_len: int = 256, num_samples: int = 10_000, seed: int = 0,
-                 digits: int = 5, depth: float | None = None, filler=None, label_needle: bool = False):
+                 digits: int = 5, depth: float | None = None, filler=None, label_needle: bool = False,
+                 filler_start: str = "sentence", edge_depth_prob: float = 0.0):
         require(
             isinstance(digits, int) and 1 <= digits <= 18,
             f"digits={digits!r} must be an int in [1, 18] (the key is drawn as an integer). Pass e.g. digits=5.",
@@ -212,7 +230,13 @@ class PasskeyTask(_NeedleTaskBase):
             f"depth={depth!r} must be None (uniform random per sample) or a float in [0, 1]. Pass e.g. depth=0.5.",
         )
         require(isinstance(label_needle, bool), f"label_needle={label_needle!r} must be true or false.")
-        super().__init__(tokenizer, seq_len, num_samples, seed, filler)
+        require(
+            isinstance(edge_depth_prob, (int, float)) and not isinstance(edge_depth_prob, bool)
+            and 0.0 <= edge_depth_prob <= 1.0,
+            f"edge_depth_prob={edge_depth_prob!r} must be a probability in [0, 1]. Pass e.g. edge_depth_prob=0.2.",
+        )
+        self.edge_depth_prob = float(edge_depth_prob)
+        super().__init__(tokenizer, seq_len, num_samples, seed, filler, filler_start)
         self.digits = digits
         self.label_needle = label_needle
         self.depth = None if depth is None else float(depth)
@@ -232,6 +256,10 @@ class PasskeyTask(_NeedleTaskBase):
         rng = sample_rng(self.seed, index)
         key = str(int(rng.integers(10 ** (self.digits - 1), 10 ** self.digits)))
         depth = float(rng.random()) if self.depth is None else self.depth
+        if self.depth is None and self.edge_depth_prob > 0:
+            edge = rng.random()
+            if edge < self.edge_depth_prob:  # exactly 0 or 1, half each: no filler before / after the needle
+                depth = float(edge < self.edge_depth_prob / 2)
         return key, depth, rng
 
     def _build(self, index: int) -> tuple[np.ndarray, int]:

@@ -42,7 +42,9 @@ def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
         assert proc.returncode == 0
         out[preset] = dict(line[2:].split(" ", 1) for line in proc.stdout.splitlines() if line.startswith("--"))
     diff = lambda a, b: {k for k in out[a] if out[a][k] != out[b].get(k)}  # noqa: E731
-    assert diff("tiny", "no_gate") == {"comet.global_gate", "launch.run_name", "tracking.model_name"}
+    assert diff("tiny", "no_gate") == {"comet.global_gate", "comet.gate_repeat_max", "launch.run_name",
+                                       "tracking.model_name"}
+    assert out["tiny"]["comet.gate_repeat_max"].startswith("4096")
     assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
     assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
     assert diff("tiny", "random_chunks") == {"data.options", "launch.max_steps", "launch.run_name", "tracking.model_name"}

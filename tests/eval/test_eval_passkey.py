@@ -72,6 +72,52 @@ def test_generator_hides_the_key_at_the_requested_depth(depth):
         assert tok.decode(ids[-task.digits:].tolist()) == key
 
 
+def test_token_filler_starts_cover_every_phase_before_the_question():
+    """Sentence starts end a fixed-length haystack at a few offsets of a repeated filler; token starts at all."""
+    from data_pipelines.factory import build_source
+    from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER, PasskeyTask
+    from data_pipelines.tokenizer import load_project_tokenizer
+
+    tok = load_project_tokenizer()
+    period = len(tok(PASSKEY_REPEAT_FILLER, add_special_tokens=False)["input_ids"])
+    sentences = PASSKEY_REPEAT_FILLER.count(". ")
+    tail = len(tok(PasskeyTask.QUESTION, add_special_tokens=False)["input_ids"]) + 5
+    ends = {}
+    for start in ("sentence", "token"):
+        spec = {"kind": "passkey", "seq_len": 256, "num_samples": 300, "filler": PASSKEY_REPEAT_FILLER,
+                "depth": 0.0, "filler_start": start}
+        task = build_source(spec, tok)
+        ends[start] = {tuple(task[i]["input_ids"][-tail - period:-tail].tolist()) for i in range(300)}
+        assert all(task.key(i) == tok.decode(task[i]["input_ids"][-5:].tolist()) for i in range(5))
+    assert len(ends["sentence"]) <= sentences  # one ending per sentence the filler may start at
+    assert len(ends["token"]) == period  # every rotation of the filler
+    with pytest.raises(ValueError, match="filler_start"):
+        PasskeyTask(tok, seq_len=256, filler_start="word")
+
+
+def test_edge_depths_put_the_needle_right_after_the_intro_or_right_before_the_question():
+    from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER, PasskeyTask
+    from data_pipelines.tokenizer import load_project_tokenizer
+
+    tok = load_project_tokenizer()
+    ids_of = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    intro, question = len(ids_of(PasskeyTask.INTRO)), ids_of(PasskeyTask.QUESTION)
+    needle_end = ids_of(" is the pass key.")
+    task = PasskeyTask(tok, seq_len=256, num_samples=400, seed=5, filler=PASSKEY_REPEAT_FILLER, edge_depth_prob=0.5)
+    at_start = at_end = 0
+    for i in range(400):
+        ids = task[i]["input_ids"].tolist()
+        at_start += ids[intro:intro + 4] == ids_of(" The pass key is")
+        before_question = len(ids) - 5 - len(question)
+        at_end += ids[before_question - len(needle_end):before_question] == needle_end
+    assert 70 <= at_start <= 130 and 70 <= at_end <= 130  # a quarter each, give or take
+    plain = PasskeyTask(tok, seq_len=256, num_samples=50, seed=5, filler=PASSKEY_REPEAT_FILLER)
+    zero = PasskeyTask(tok, seq_len=256, num_samples=50, seed=5, filler=PASSKEY_REPEAT_FILLER, edge_depth_prob=0.0)
+    assert all(plain[i]["input_ids"].equal(zero[i]["input_ids"]) for i in range(50))  # off by default, same samples
+    with pytest.raises(ValueError, match="edge_depth_prob"):
+        PasskeyTask(tok, seq_len=256, edge_depth_prob=1.5)
+
+
 def test_scoring_is_exact_match_on_the_digits():
     from framework.eval.passkey import digit_hits, score_answer
 

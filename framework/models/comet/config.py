@@ -28,6 +28,13 @@ class CoMeTConfig:
         chunk's readouts replace the global state).
     reset_memory_at_doc_boundaries: with `document_ids`, no memory or attention crosses documents.
     gradient_checkpointing: recompute each (layer, chunk) cell in backward.
+    gate_repeat_max: training only (ignored in eval mode and at inference). Above 1, each chunk's gated
+        update of a training sample counts, with probability gate_repeat_prob, as k identical updates,
+        k drawn log-uniformly from [1, gate_repeat_max]: the gate g becomes g**k. A short training
+        sample then also teaches the gate to hold a slot over as many updates as a long context has
+        (g**k has gradient where k(1-g) is of order 1) and shows the reader states that have seen
+        many updates. 1 (the default, and the paper) turns it off.
+    gate_repeat_prob: the chance that a chunk's update is repeated, when gate_repeat_max > 1.
     """
 
     chunk_size: int = 2048
@@ -39,6 +46,8 @@ class CoMeTConfig:
     global_gate: str = "learned"
     reset_memory_at_doc_boundaries: bool = False
     gradient_checkpointing: bool = False
+    gate_repeat_max: float = 1.0
+    gate_repeat_prob: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +90,14 @@ class CoMeTConfig:
             )
         if self.global_gate not in GATE_MODES:
             fail("global_gate", f"must be one of {GATE_MODES}", 'use "learned" (the paper) or "overwrite" (ablation)')
+        if isinstance(self.gate_repeat_max, bool) or not isinstance(self.gate_repeat_max, (int, float)) \
+                or not self.gate_repeat_max >= 1:
+            fail("gate_repeat_max", "must be a number >= 1 (1 turns gate repeats off)", "use 1, or e.g. 4096")
+        if not isinstance(self.gate_repeat_prob, (int, float)) or not 0 <= self.gate_repeat_prob <= 1:
+            fail("gate_repeat_prob", "must be a probability in [0, 1]", "use e.g. 0.5")
+        if self.gate_repeat_max > 1 and self.global_gate != "learned":
+            fail("gate_repeat_max", "repeats a learned gate; global_gate is not \"learned\"",
+                 "set gate_repeat_max=1 with global_gate=\"overwrite\"")
         if not self.temp_norm_eps > 0:
             fail("temp_norm_eps", "must be positive", "use 1e-12")
         if not (self.uses_global_memory or self.uses_temp_memory):

@@ -2,6 +2,8 @@
 
 Global path:    S' = RMSNorm(R)                              on the first chunk (or a new document)
                 S' = g * S + (1 - g) * RMSNorm(R),  g = sigmoid(W_g [RMSNorm(R); S])   (one scalar per slot)
+                S' = g^k * S + (1 - g^k) * RMSNorm(R)        in training with gate repeats k (the same
+                                                             update applied k times; see CoMeTConfig)
                 S' = RMSNorm(R)                              always, with global_gate="overwrite" (RMT-style ablation)
                 G' = S' + W_up W_down S'                     (rank-r residual adapter)
 Temporary path: entries = RLA_t(RMSNorm_t(C)), appended to a queue that keeps the newest
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -53,19 +56,27 @@ class GlobalMemory(nn.Module):
         self.adapter = LowRankAdapter(dim, rank)
 
     def update(
-        self, readouts: torch.Tensor, state: torch.Tensor | None, fresh: torch.Tensor | None = None
+        self, readouts: torch.Tensor, state: torch.Tensor | None, fresh: torch.Tensor | None = None,
+        repeats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (memory, state) after one chunk.
 
         readouts: (B, m, d) layer outputs at the readout tokens.
         state: (B, m, d) previous state, or None on the first chunk.
         fresh: (B,) bool; True restarts that sequence's state (first-chunk rule), e.g. at a new document.
+        repeats: (B,) float >= 1; the gate becomes g**k (computed in log space), i.e. the state moves as if
+            this chunk's update were applied k times with the same candidate.
         """
         candidate = self.norm(readouts)
         if state is None or self.gate is None:
             new_state = candidate
         else:
-            g = torch.sigmoid(self.gate(torch.cat([candidate, state], dim=-1)))
+            logit = self.gate(torch.cat([candidate, state], dim=-1))
+            if repeats is None:
+                g = torch.sigmoid(logit)
+            else:
+                log_g = F.logsigmoid(logit.float()) * repeats.float()[:, None, None]
+                g = log_g.exp().to(candidate.dtype)
             new_state = g * state + (1.0 - g) * candidate
             if fresh is not None:
                 new_state = torch.where(fresh[:, None, None], candidate, new_state)

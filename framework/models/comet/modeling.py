@@ -73,6 +73,7 @@ class SegmentPlan:
     mask_cache: dict
     # set when the segment closes its chunk
     fresh: torch.Tensor | None = None
+    gate_repeats: torch.Tensor | None = None  # (B,) k of the gated update (training with gate_repeat_max > 1)
     fifo_index: torch.Tensor | None = None
     next_index: MemoryIndex | None = None
 
@@ -90,6 +91,12 @@ class SegmentPlan:
                 self.mask_cache[shared_key] = mask
         self.masks[key] = mask
         return mask
+
+
+def sample_gate_repeats(batch: int, most: float, prob: float, device) -> torch.Tensor:
+    """(batch,) repeat counts: 1, or with probability `prob` log-uniform in [1, most]."""
+    k = torch.exp(torch.rand(batch, device=device) * torch.log(torch.tensor(float(most), device=device)))
+    return torch.where(torch.rand(batch, device=device) < prob, k, torch.ones_like(k))
 
 
 class CoMeTForCausalLM(nn.Module):
@@ -264,6 +271,9 @@ class CoMeTForCausalLM(nn.Module):
         reset = cfg.reset_memory_at_doc_boundaries
         if cfg.uses_global_memory and index.has_global and reset:
             plan.fresh = index.state_doc != last_doc
+        if cfg.uses_global_memory and index.has_global and self.training and cfg.gate_repeat_max > 1:
+            plan.gate_repeats = sample_gate_repeats(last_doc.shape[0], cfg.gate_repeat_max, cfg.gate_repeat_prob,
+                                                    last_doc.device)
         queue_valid = queue_doc = None
         if cfg.uses_temp_memory:
             old_valid = index.queue_valid if index.queue_valid is not None else comp_valid[:, :0]
@@ -314,7 +324,7 @@ class CoMeTForCausalLM(nn.Module):
         nets = self.memory_nets[layer_idx]
         memory, state, queue = mem.memory, mem.state, mem.queue
         if nets.global_mem is not None:
-            memory, state = nets.global_mem.update(readouts, state, plan.fresh)
+            memory, state = nets.global_mem.update(readouts, state, plan.fresh, plan.gate_repeats)
         if nets.temp_mem is not None:
             entries = nets.temp_mem.entries(compressed)
             pool = entries if queue is None else torch.cat([queue, entries], dim=1)
