@@ -150,6 +150,10 @@ def make_namespace(R: Node) -> dict[str, Any]:
         rows.append(["uncompressed"] + [_n(em["uncompressed"], ".2f")] * len(ratios))
         return _table(["method"] + [f"exact match at {r}x" for r in ratios], rows)
 
+    def passkey_worst_depth(name: str, length: int) -> float:
+        """The lowest exact-match accuracy over the depths of one result file at one length."""
+        return min(row[str(length)] for row in R[name].by_depth.raw().values())
+
     def passkey_depth_table(*names: str) -> str:
         """Exact match by depth (rows) for each result file and length (columns)."""
         names = names or ("passkey_tiny", "passkey_tiny_no_temp", "passkey_tiny_no_gate")
@@ -248,7 +252,7 @@ def make_namespace(R: Node) -> dict[str, Any]:
             "recipe_times_table": recipe_times_table,
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
             "loader_table": loader_table, "compression_table": compression_table,
-            "passkey_depth_table": passkey_depth_table, "swat_multiple_table": swat_multiple_table,
+            "passkey_depth_table": passkey_depth_table, "passkey_worst_depth": passkey_worst_depth, "swat_multiple_table": swat_multiple_table,
             "data_memory_table": data_memory_table, "ae_study_table": ae_study_table,
             "ae_study_correlations": ae_study_correlations,
             "shared_flags_table": recipe_pages.shared_flags_table, "recipe_flags": recipe_pages.recipe_flags,

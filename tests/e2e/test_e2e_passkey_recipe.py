@@ -36,7 +36,7 @@ def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
 
 def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     out = {}
-    for preset in ("tiny", "no_gate", "no_temp", "random_chunks"):
+    for preset in ("tiny", "no_gate", "no_temp", "no_repeats", "random_chunks"):
         proc = subprocess.run([sys.executable, str(RECIPE), "--preset", preset, "--help-config"], cwd=tmp_path,
                               env=recipe_env(), stdout=subprocess.PIPE, text=True, timeout=120)
         assert proc.returncode == 0
@@ -47,6 +47,7 @@ def test_passkey_ablation_presets_change_only_the_memory_path(tmp_path):
     assert out["tiny"]["comet.gate_repeat_max"].startswith("4096")
     assert diff("tiny", "no_temp") == {"comet.temp_stride", "comet.temp_budget", "launch.run_name", "tracking.model_name"}
     assert out["no_gate"]["comet.global_gate"].startswith('"overwrite"')
+    assert diff("tiny", "no_repeats") == {"comet.gate_repeat_max", "launch.run_name", "tracking.model_name"}
     assert diff("tiny", "random_chunks") == {"data.options", "launch.max_steps", "launch.run_name", "tracking.model_name"}
     options = json.loads(out["random_chunks"]["data.options"].rsplit("  (", 1)[0])
     assert options["chunking"] == {"strategy": "random", "chunk_size": 32, "min_chunk": 4}
@@ -57,6 +58,9 @@ ABLATIONS = {  # preset: (its command on the page, a check of the logged params 
                 lambda params: params["comet.global_gate"] == "overwrite"),
     "no_temp": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_temp", "recipes/comet_passkey_tiny.md"),
                 lambda params: params["comet.temp_budget"] == "0"),
+    "no_repeats": (lambda: shown("python recipes/comet_passkey_tiny.py --preset no_repeats",
+                                 "recipes/comet_passkey_tiny.md"),
+                   lambda params: float(params["comet.gate_repeat_max"]) == 1.0),
     "random_chunks": (lambda: shown("python recipes/comet_passkey_tiny.py --preset random_chunks",
                                     "recipes/comet_passkey_tiny.md"),
                       lambda params: json.loads(params["data.options"])["chunking"]["strategy"] == "random"),
