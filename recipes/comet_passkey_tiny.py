@@ -16,7 +16,7 @@ summary. The haystack is the passkey literature's repeated "The grass is green. 
 
 A 256-token sample is 8 chunks. The FIFO reaches back 2 chunks, so a key hidden earlier can only
 reach the question through the gated global memory; at 8k and 32k tokens that memory has to hold
-the key over up to 256 and 1,024 chunk updates, where a sample has 8. Two training choices close
+the key over up to 256 and 1,024 chunk updates, where a sample has 8. Three training choices close
 that gap (docs/eval.md has the runs with and without them):
 
 - gate repeats (``comet.gate_repeat_max``): in training, each chunk's gated update counts, half the
@@ -28,8 +28,7 @@ that gap (docs/eval.md has the runs with and without them):
 - needles at the edges (``data.options.edge_depth_prob``): a uniform depth almost never puts the
   needle right before the question, where the evaluation's depth 1 puts it.
 
-Besides the
-answer, the loss covers the key's second mention inside the needle (``label_needle``): a dense
+Besides the answer, the loss covers the key's second mention inside the needle (``label_needle``): a dense
 copy signal for a model that starts from random weights. The first quarter of the steps runs on
 128-token samples (``seq_len_schedule``), where the key is usually close to the question; a run
 that starts at 256 tokens stalls at chance on the answer for hundreds of steps.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ class SegmentPlan:
 
 def sample_gate_repeats(batch: int, most: float, prob: float, device) -> torch.Tensor:
     """(batch,) repeat counts: 1, or with probability `prob` log-uniform in [1, most]."""
-    k = torch.exp(torch.rand(batch, device=device) * torch.log(torch.tensor(float(most), device=device)))
+    k = torch.exp(torch.rand(batch, device=device) * math.log(most))
     return torch.where(torch.rand(batch, device=device) < prob, k, torch.ones_like(k))
 
 
