@@ -38,6 +38,11 @@ of key?", the answer " 12345" + eos; the queried fact's tokens are the evidence)
    the same order, ``--steps`` (400) steps of ``--batch`` samples, lr ``--lr`` (1e-3), warmup
    ``--warmup`` (10% of the steps), cosine to ``--min-lr-ratio`` (0.1) x lr, grad clip 1.0.
    Loss = mean answer-token cross-entropy + RAM's contrastive loss.
+   With ``--ratio-curriculum`` (e.g. 1,2,4) the steps are split equally between those ratios and
+   then ``--ratio``, lowest first, and a phase at ratio r trains on contexts of ``--seq-len`` * r /
+   ``--ratio`` tokens: the memory stays at about ``--seq-len`` / ``--ratio`` slots, the length the
+   reader reads, while each slot merges more tokens (at ratio 1 a COMI slot is one aligned encoder
+   state; RAM reads every segment closely).
 3. Evaluation on ``--eval-samples`` (128) held-out samples (qa_facts seed 12345, ``--seq-len``
    tokens), greedy answers (at most ``--max-new-tokens`` tokens, stopping at eos), exact match after
    SQuAD normalisation (``framework.eval.qa_scoring.exact_match``), at each ratio of ``--ratios``
@@ -131,6 +136,12 @@ def method_settings(name: str, args):
     if name == "mean_pool":
         return "comi", COMISettings(**common, ratio=args.ratio, coarse=False, fine=False)
     raise ValueError(f"unknown compressor {name!r}; use one of {MODELS}")
+
+
+def phase_seq_len(args, ratio: int) -> int:
+    """Context tokens of a ratio-curriculum phase: the memory keeps the final phase's size, about
+    --seq-len / --ratio slots, so a phase at ratio r reads --seq-len * r / --ratio tokens."""
+    return max(1, round(args.seq_len * ratio / args.ratio))
 
 
 def tensors(batch: dict) -> dict:
@@ -438,6 +449,10 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ratio", type=int, default=8, help="compression ratio the compressors train at")
+    p.add_argument("--ratio-curriculum", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                   help="lower ratios that the compressors train at first, an equal share of the steps each, on "
+                        "contexts of --seq-len * r / --ratio tokens, so the memory always has about "
+                        "--seq-len / --ratio slots (e.g. 1,2,4: the decoder first reads unmerged encoder states)")
     p.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="evaluation ratios (must hold --ratio)")
     p.add_argument("--segment-size", type=int, default=16, help="RAM's segment length")
     p.add_argument("--encoder-layers", type=int, default=1)
@@ -466,6 +481,8 @@ def parse_args(argv=None):
     args.ratios = sorted(set(args.ratios))
     if args.ratio not in args.ratios:
         p.error(f"--ratios {args.ratios} must include the training --ratio {args.ratio}")
+    if any(r < 1 or r >= args.ratio for r in args.ratio_curriculum):
+        p.error(f"--ratio-curriculum {args.ratio_curriculum}: each ratio must be >= 1 and below --ratio {args.ratio}")
     if min(args.ratios) < 1:
         p.error("--ratios must be >= 1")
     for flag in ("reader_steps", "reader_queries", "steps", "batch", "eval_samples", "eval_batch", "max_new_tokens"):
@@ -498,8 +515,9 @@ def main(argv=None) -> dict:
            for n in args.reader_curriculum + [args.reader_seq_len]},
         "reader_eval": {"kind": "qa_facts", "seq_len": args.reader_seq_len, "seed": EVAL_SEED,
                         "num_samples": args.eval_samples},
-        "compressor_train": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": args.seed + 1,
-                             "num_samples": args.steps * args.batch},
+        **{f"compressor_train_{r}": {"kind": "qa_facts", "seq_len": phase_seq_len(args, r), "seed": args.seed + 1,
+                                     "num_samples": args.steps * args.batch}
+           for r in args.ratio_curriculum + [args.ratio]},
         "eval": {"kind": "qa_facts", "seq_len": args.seq_len, "seed": EVAL_SEED, "num_samples": args.eval_samples},
     }
     for spec in specs.values():
@@ -555,11 +573,19 @@ def main(argv=None) -> dict:
     # ---- stage 1: the compressors, each from its own copy of the reader
     compressors, per_model = {}, {}
 
-    def compressor_batch(step):
-        return tensors(make_batch(sources["compressor_train"], step * args.batch, (step + 1) * args.batch))
+    ratio_phases = args.ratio_curriculum + [args.ratio]
+
+    def compressor_batch(step):  # the ratio curriculum: equal shares of the steps, lowest ratio first
+        r = ratio_phases[min(len(ratio_phases) - 1, step * len(ratio_phases) // args.steps)]
+        batch = make_batch(sources[f"compressor_train_{r}"], step * args.batch, (step + 1) * args.batch)
+        return {**tensors(batch), "_ratio": r}
+
+    achieved = {}  # phase ratio -> achieved ratios of the current model's steps in that phase
 
     def compressor_step(model, batch):
-        out = model(**batch)
+        r = batch.pop("_ratio")
+        out = model(**batch, ratio=r)
+        achieved.setdefault(r, []).append(out.compressed.ratio)
         return out.loss_sum / out.num_tokens, out.aux_loss, {"ratio": out.compressed.ratio,
                                                               "answer_segment_recall": _recall(out.compressed)}
 
@@ -571,9 +597,14 @@ def main(argv=None) -> dict:
         info = {"method": method, "config": cfg.to_dict(), "decoder_hash_at_start": state_hash(model.decoder),
                 "encoder_hash_at_start": state_hash(model.encoder)}
         groups = set_trainable(model, settings)
-        log(f"stage 1: {name}, {args.steps} steps of {args.batch} x {args.seq_len}-token contexts at {args.ratio}x")
+        achieved.clear()
+        log(f"stage 1: {name}, {args.steps} steps of {args.batch} contexts at ratios {ratio_phases} "
+            f"({[phase_seq_len(args, r) for r in ratio_phases]} tokens)")
         info.update(train_loop(name, model, groups, compressor_batch, compressor_step, args.steps, args.lr,
                                args.warmup, args))
+        info["ratio_phases"] = [{"ratio": r, "context_tokens": phase_seq_len(args, r), "steps": len(achieved.get(r, [])),
+                                 "achieved_ratio_mean": round(sum(achieved[r]) / len(achieved[r]), 4)
+                                 if achieved.get(r) else None} for r in ratio_phases]
         for p in model.parameters():
             p.requires_grad_(False)
         compressors[name] = model

@@ -151,3 +151,28 @@ def test_multi_query_loss_of_one_query_is_the_answer_loss(bench):
         three = bench.multi_query_loss(reader, batch, source, range(4), 3)
     torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(three) and not torch.allclose(three, one)
+
+
+def test_ratio_curriculum_keeps_the_memory_size_and_trains_each_phase(bench, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--ratio-curriculum", "1,2", "--models", "comi",
+                             "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    finally:
+        torch.set_num_threads(threads)
+    seq_len, ratio = result["args"]["seq_len"], result["args"]["ratio"]
+    phases = result["per_model"]["comi"]["ratio_phases"]
+    assert [p["ratio"] for p in phases] == [1, 2, ratio]
+    assert [p["steps"] for p in phases] == [result["args"]["steps"] // 3] * 3  # --quick: 3 steps
+    for p in phases:
+        assert p["context_tokens"] == seq_len * p["ratio"] // ratio
+        assert result["data"][f"compressor_train_{p['ratio']}"]["seq_len"] == p["context_tokens"]
+    # COMI's memory has ceil(n / r) slots, so the achieved ratio is r up to the last group's rounding
+    assert phases[0]["achieved_ratio_mean"] == 1.0
+    assert 1.5 < phases[1]["achieved_ratio_mean"] <= 2.0
+    assert ratio / 2 < phases[2]["achieved_ratio_mean"] <= ratio
+
+
+def test_ratio_curriculum_must_stay_below_the_ratio(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ratio-curriculum", "1,8"])
