@@ -100,6 +100,9 @@ QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, read
              reader_warmup=1,
              warmup=1, eval_batch=8, max_new_tokens=8)
 NUM_EXAMPLES = 3
+TRAINING_RECORD = "benchmark_training.json"  # a saved compressor's training record, beside its weights
+TRAIN_ARGS = ("reader_from", "seq_len", "steps", "batch", "lr", "warmup", "ratio", "ratio_curriculum",
+              "encoder_layers", "segment_size", "seed")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -469,6 +472,9 @@ def parse_args(argv=None):
                    help="save the reader and every compressor (CompressorForQA.save_pretrained) under DIR/<name>")
     p.add_argument("--reader-from", default=None,
                    help="a reader saved by --save-dir (DIR/reader): skip stage 0 and start the compressors from it")
+    p.add_argument("--compressors-from", default=None,
+                   help="a --save-dir of an earlier run: load DIR/<name> for each of --models instead of training "
+                        "it (with --reader-from, the evaluation of compressors trained in separate runs)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compression_qa.json"))
     p.add_argument("--plot", default=str(REPO / "docs" / "img" / "compression_qa.png"))
     args = p.parse_args(argv)
@@ -590,6 +596,14 @@ def main(argv=None) -> dict:
                                                               "answer_segment_recall": _recall(out.compressed)}
 
     for name in args.models:
+        saved = os.path.join(args.compressors_from, name) if args.compressors_from else None
+        if saved:  # trained by an earlier run with --save-dir: load it and its training record
+            log(f"stage 1: {name} saved at {saved} (not trained again)")
+            compressors[name] = CompressorForQA.from_pretrained(saved).eval()
+            record = Path(saved) / TRAINING_RECORD
+            per_model[name] = {**(json.loads(record.read_text()) if record.exists() else {}),
+                               "loaded_from": os.path.abspath(saved)}
+            continue
         method, settings = method_settings(name, args)
         cfg = settings.model_config(method)
         torch.manual_seed(args.seed)
@@ -611,6 +625,8 @@ def main(argv=None) -> dict:
         per_model[name] = info
         if args.save_dir:
             model.save_pretrained(os.path.join(args.save_dir, name), tokenizer=tok)
+            info["train_args"] = {k: getattr(args, k) for k in TRAIN_ARGS}
+            (Path(args.save_dir) / name / TRAINING_RECORD).write_text(json.dumps(info, indent=2) + "\n")
 
     # ---- evaluation
     t0 = time.perf_counter()

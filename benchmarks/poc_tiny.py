@@ -2,6 +2,8 @@
 
     python benchmarks/poc_tiny.py                      # runs the recipe in a scratch folder (~4 min)
     python benchmarks/poc_tiny.py --collect DIR --wall-s 230   # collect a run already made in DIR
+    python benchmarks/poc_tiny.py --out benchmarks/results/poc_x.json -- --labels.compressor outputs/cq/comi
+                                                       # recipe flags after --, results to --out
 
 Writes benchmarks/results/poc_tiny.json: the command, the machine, the wall time, the recipe's
 comparison (PPE and P@R of the context-aware predictor and the mean retention curve on held-out
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,7 @@ def label_stats(cache) -> dict:
     }
 
 
-def collect(directory: Path, wall_s: float, returncode: int) -> dict:
+def collect(directory: Path, wall_s: float, returncode: int, command: str = COMMAND) -> dict:
     sys.path.insert(0, str(REPO))
     from data_pipelines.poc_labels import LabelCache
     from framework.eval.reporting import machine_info
@@ -50,7 +53,7 @@ def collect(directory: Path, wall_s: float, returncode: int) -> dict:
     summary = json.loads((directory / "outputs" / "poc" / "comparison.json").read_text())
     cache = LabelCache(summary["labels"]["path"])
     summary.pop("sweep", None)
-    return {"command": COMMAND, "returncode": returncode, "wall_s": round(wall_s, 1), "machine": machine_info(),
+    return {"command": command, "returncode": returncode, "wall_s": round(wall_s, 1), "machine": machine_info(),
             "summary": summary, "labels_stats": label_stats(cache)}
 
 
@@ -58,17 +61,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", type=Path, help="a folder where the command already ran")
     parser.add_argument("--wall-s", type=float, help="its wall time, with --collect")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"the result file (default {OUT.relative_to(REPO)})")
+    parser.add_argument("recipe_args", nargs="*", help="flags for the recipe, after --")
     args = parser.parse_args()
+    command = " ".join([COMMAND, *(shlex.quote(a) for a in args.recipe_args)])
     if args.collect:
-        result = collect(args.collect, args.wall_s or float("nan"), 0)
+        result = collect(args.collect, args.wall_s or float("nan"), 0, command)
     else:
         cwd = Path(tempfile.mkdtemp(prefix="poc-tiny-"))
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(REPO / "recipes" / "poc_predictor.py"), "--preset", "tiny"],
-                              cwd=cwd, env=env)
-        result = collect(cwd, time.perf_counter() - start, proc.returncode)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+        recipe_args = [os.path.abspath(a) if os.path.isdir(a) else a for a in args.recipe_args]  # run in cwd
+        proc = subprocess.run([sys.executable, str(REPO / "recipes" / "poc_predictor.py"), "--preset", "tiny",
+                               *recipe_args], cwd=cwd, env=env)
+        result = collect(cwd, time.perf_counter() - start, proc.returncode, command)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"]["ppe"]), file=sys.stderr)
     return 0
 
