@@ -176,3 +176,21 @@ def test_ratio_curriculum_keeps_the_memory_size_and_trains_each_phase(bench, tmp
 def test_ratio_curriculum_must_stay_below_the_ratio(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--ratio-curriculum", "1,8"])
+
+
+def test_compressors_from_a_save_dir_score_as_when_trained(bench, quick_run, tmp_path):
+    result, out = quick_run
+    threads = torch.get_num_threads()
+    try:
+        again = bench.main(["--quick", "--reader-from", str(out / "models" / "reader"), "--compressors-from",
+                            str(out / "models"), "--models", "comi", "ram",
+                            "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("comi", "ram"):
+        assert again["exact_match"][name] == result["exact_match"][name]
+        loaded = again["per_model"][name]
+        assert loaded["loaded_from"] == str((out / "models" / name).resolve())
+        assert loaded["decoder_hash_at_start"] == result["per_model"][name]["decoder_hash_at_start"]
+        assert loaded["train_args"]["steps"] == result["args"]["steps"]
+    assert again["claims"]["comi_beats_truncation_at_8x_detail"] == result["claims"]["comi_beats_truncation_at_8x_detail"]
