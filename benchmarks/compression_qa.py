@@ -135,7 +135,7 @@ def method_settings(name: str, args):
                                   keep_fraction=keep_fraction_for_ratio(args.ratio, args.segment_size),
                                   keep_sampling="fixed")
     if name == "comi":
-        return "comi", COMISettings(**common, ratio=args.ratio)
+        return "comi", COMISettings(**common, ratio=args.ratio, merge_alpha=args.merge_alpha)
     if name == "mean_pool":
         return "comi", COMISettings(**common, ratio=args.ratio, coarse=False, fine=False)
     raise ValueError(f"unknown compressor {name!r}; use one of {MODELS}")
@@ -459,6 +459,8 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="evaluation ratios (must hold --ratio)")
     p.add_argument("--segment-size", type=int, default=16, help="RAM's segment length")
     p.add_argument("--encoder-layers", type=int, default=1)
+    p.add_argument("--merge-alpha", type=float, default=None,
+                   help="COMI's fine-step relevance weight alpha_m (default: alpha, 1.0); mean pooling has none")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--eval-samples", type=int, default=128)
     p.add_argument("--eval-batch", type=int, default=32)

@@ -19,7 +19,8 @@ from framework.methods.registry import MethodSpec
 @dataclass
 class COMISettings(shared.CompressionSettings):
     """COMI's settings: ratio (tokens per output slot); train_ratios: ratios drawn per batch in
-    training (empty: always `ratio`); alpha/beta weigh relevance and redundancy; coarse, fine and
+    training (empty: always `ratio`); alpha/beta weigh relevance and redundancy (merge_alpha /
+    merge_beta: the fine step's own, when set); coarse, fine and
     redundancy switch the stages (coarse and fine off = GMSA's mean pooling); chunk_tokens: longer
     contexts are compressed in chunks this long."""
 
@@ -30,6 +31,8 @@ class COMISettings(shared.CompressionSettings):
     train_ratios: list = field(default_factory=list)
     alpha: float = 1.0
     beta: float = 1.0
+    merge_alpha: float | None = None
+    merge_beta: float | None = None
     coarse: bool = True
     fine: bool = True
     redundancy: bool = True

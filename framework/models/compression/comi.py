@@ -122,14 +122,17 @@ def merge_groups(hidden: torch.Tensor, query_mean: torch.Tensor, sizes, alpha=1.
 
 
 def comi_compress(hidden: torch.Tensor, query_mean: torch.Tensor, ratio: int, alpha=1.0, beta=1.0,
-                  coarse: bool = True, fine: bool = True, redundancy: bool = True) -> torch.Tensor:
+                  coarse: bool = True, fine: bool = True, redundancy: bool = True,
+                  merge_alpha=None, merge_beta=None) -> torch.Tensor:
     """The whole COMI operator for one sample: [num_groups, d], num_groups <= ceil(n/ratio).
-    coarse=False keeps fixed groups of `ratio`; coarse=False, fine=False is mean pooling of them."""
+    coarse=False keeps fixed groups of `ratio`; coarse=False, fine=False is mean pooling of them.
+    alpha/beta weigh the coarse step, and the fine step unless merge_alpha/merge_beta are given."""
     if coarse:
         sizes = reallocate_group_sizes(hidden, query_mean, ratio, alpha, beta, redundancy)
     else:
         sizes = fixed_group_sizes(hidden.shape[0], ratio)
-    return merge_groups(hidden, query_mean, sizes, alpha, beta, fine=fine, redundancy=redundancy)
+    return merge_groups(hidden, query_mean, sizes, alpha if merge_alpha is None else merge_alpha,
+                        beta if merge_beta is None else merge_beta, fine=fine, redundancy=redundancy)
 
 
 def _merge_chunk(hidden, rel, starts, sizes, alpha, beta, redundancy):

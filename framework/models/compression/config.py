@@ -29,7 +29,9 @@ class CompressorConfig:
     RAM: segment_size tokens per segment; keep_fraction (rho) of segments read closely; tau the
         temperature of the contrastive loss; contrastive_weight its weight beside the answer loss.
     COMI: ratio tokens per output slot (the compression ratio); alpha/beta weigh relevance and
-        redundancy; coarse/fine/redundancy switch the stages (both stages off = mean pooling, GMSA);
+        redundancy (alpha_s, beta_s of the coarse step, and of the fine step unless merge_alpha /
+        merge_beta, its alpha_m / beta_m, are set: a larger merge_alpha concentrates each slot on its
+        most query-relevant tokens); coarse/fine/redundancy switch the stages (both stages off = mean pooling, GMSA);
         chunk_tokens: long contexts are cut into chunks this long, each compressed on its own."""
 
     method: str = "comi"
@@ -45,6 +47,8 @@ class CompressorConfig:
     ratio: int = 16
     alpha: float = 1.0
     beta: float = 1.0
+    merge_alpha: float | None = None
+    merge_beta: float | None = None
     coarse: bool = True
     fine: bool = True
     redundancy: bool = True
@@ -67,6 +71,9 @@ class CompressorConfig:
             fail("keep_fraction", "must be in [0, 1]", "e.g. 0.125 (about 7x with 50-token segments)")
         if self.tau <= 0:
             fail("tau", "must be > 0", "use the paper's 0.05")
+        for name in ("alpha", "beta", "merge_alpha", "merge_beta"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                fail(name, "must be >= 0", f"e.g. --compression.{name} 1.0")
         if self.contrastive_weight < 0:
             fail("contrastive_weight", "must be >= 0", "1.0, or 0 to drop the contrastive loss")
 

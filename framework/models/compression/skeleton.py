@@ -292,7 +292,8 @@ class CompressorForQA(nn.Module):
                 h = hidden[row, :n]
                 q_mean = hidden[row, n:n + qn].mean(dim=0) if qn else h.mean(dim=0)
                 parts.append(comi.comi_compress(h, q_mean, ratio, cfg.alpha, cfg.beta, coarse=cfg.coarse,
-                                                fine=cfg.fine, redundancy=cfg.redundancy))
+                                                fine=cfg.fine, redundancy=cfg.redundancy,
+                                                merge_alpha=cfg.merge_alpha, merge_beta=cfg.merge_beta))
             d = self.decoder.config.hidden_size
             merged.append(torch.cat(parts) if parts else torch.zeros((0, d), device=self.device, dtype=self.dtype))
         memory = self._align(merged)

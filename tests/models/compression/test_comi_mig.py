@@ -248,3 +248,19 @@ def test_bad_inputs_are_refused():
         comi_compress(hidden, q, 0)
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         comi_compress(hidden[None], q, 2)
+
+
+def test_merge_alpha_beta_weigh_only_the_fine_step():
+    hidden, q = random_case(40, seed=3)
+    sizes = reallocate_group_sizes(hidden, q, 8, alpha=1.0, beta=1.0)
+    out = comi_compress(hidden, q, 8, alpha=1.0, beta=1.0, merge_alpha=6.0, merge_beta=0.5)
+    assert torch.allclose(out, merge_groups(hidden, q, sizes, alpha=6.0, beta=0.5))
+    assert torch.equal(comi_compress(hidden, q, 8, merge_alpha=None), comi_compress(hidden, q, 8))
+
+
+def test_a_large_merge_alpha_keeps_the_most_relevant_token_of_a_group():
+    # one group of three tokens: cos to the query 1, 0 and -1; alpha_m = 50 leaves the first alone
+    hidden = states(X, Y, [-1.0, 0.0])
+    out = comi_compress(hidden, Q, 3, coarse=False, redundancy=False, merge_alpha=50.0)
+    assert torch.allclose(out[0], hidden[0], atol=1e-12)
+    assert not torch.allclose(comi_compress(hidden, Q, 3, coarse=False, redundancy=False)[0], hidden[0], atol=1e-2)

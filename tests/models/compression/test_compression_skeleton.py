@@ -129,6 +129,24 @@ def test_cached_greedy_answer_equals_recomputing_the_whole_sequence():
             assert answers[b] == tokens
 
 
+def test_merge_alpha_changes_the_memory_and_survives_a_save(tmp_path):
+    base = tiny_base()
+    plain = CompressorForQA(base, CompressorConfig(method="comi", encoder_layers=1, ratio=4)).eval()
+    sharp = CompressorForQA(base, CompressorConfig(method="comi", encoder_layers=1, ratio=4, merge_alpha=20.0)).eval()
+    sharp.encoder.load_state_dict(plain.encoder.state_dict())
+    sharp.align.load_state_dict(plain.align.state_dict())
+    data = batch()
+    args = (data["context_ids"], data["context_mask"], data["question_ids"], data["question_mask"])
+    with torch.no_grad():
+        a, b = plain.compress(*args), sharp.compress(*args)
+        assert [m.shape for m in a.memory] == [m.shape for m in b.memory]  # the coarse step is unchanged
+        assert not torch.allclose(a.memory[0], b.memory[0])
+        sharp.save_pretrained(tmp_path)
+        loaded = CompressorForQA.from_pretrained(tmp_path).eval()
+        assert loaded.config.merge_alpha == 20.0
+        assert torch.allclose(loaded.compress(*args).memory[0], b.memory[0], atol=1e-5)
+
+
 def test_answer_loss_counts_only_answer_tokens():
     model = CompressorForQA(tiny_base(), CompressorConfig(method="comi", encoder_layers=1, ratio=4))
     out = model(**batch())
@@ -141,6 +159,8 @@ def test_bad_settings_name_the_field():
         CompressorConfig(method="rmt")
     with pytest.raises(CompressorConfigError, match="keep_fraction"):
         CompressorConfig(keep_fraction=1.5)
+    with pytest.raises(CompressorConfigError, match="merge_alpha=-1.0"):
+        CompressorConfig(merge_alpha=-1.0)
     with pytest.raises(CompressorError, match="not a compressor checkpoint"):
         CompressorForQA.from_pretrained("/nonexistent")
 
