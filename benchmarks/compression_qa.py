@@ -685,7 +685,7 @@ def main(argv=None) -> dict:
         "claims": claims(with_correct, args.ratio, ram_row),
         "examples": examples,
         "timing": {"reader_train_seconds": reader_info["train_seconds"],
-                   **{f"{n}_train_seconds": per_model[n]["train_seconds"] for n in per_model},
+                   **{f"{n}_train_seconds": per_model[n].get("train_seconds") for n in per_model},
                    "eval_seconds": round(eval_seconds, 1)},
     }
     result["wall_seconds"] = round(time.perf_counter() - start, 1)

@@ -58,7 +58,8 @@ def _sweep(curves, measured, floors):
 
 def compare(predictor, cache, validation_fraction: float, floors=FLOORS) -> dict:
     from data_pipelines.poc_labels import split_indices
-    from framework.eval.poc_metrics import MeanRetentionCurve, mean_retention_curve, performance_at_ratio, ppe
+    from framework.eval.poc_metrics import (MeanRetentionCurve, mean_retention_curve, paired_ppe_difference,
+                                            performance_at_ratio, ppe)
 
     n = len(cache)
     train, held = split_indices(n, "train", validation_fraction), split_indices(n, "validation", validation_fraction)
@@ -81,6 +82,7 @@ def compare(predictor, cache, validation_fraction: float, floors=FLOORS) -> dict
         "grid": [float(r) for r in cache.ratios], "contexts": {"train": int(train.size), "held_out": int(held.size)},
         "ppe": ppe_held, "ppe_train": ppe_train, "p_at_r": p_at_r,
         "target_met": ppe_held["context_aware"] < ppe_held["context_agnostic"],
+        "ppe_paired": paired_ppe_difference(pred_aware, pred_agnostic, target),  # a: aware, b: agnostic
         "agnostic_curve": [float(v) for v in agnostic.values],
         "measured_mean_held_out": [float(v) for v in target.mean(dim=0)],
         "measured_std_held_out": [float(v) for v in target.std(dim=0)],

@@ -162,3 +162,18 @@ def performance_at_ratio(floors: Sequence[float], achieved_ratios: Sequence[floa
     if xs.numel() < 2:
         return 0.0
     return float(((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2).sum())
+
+
+def paired_ppe_difference(predicted_a, predicted_b, target) -> dict:
+    """How much lower predictor a's squared error is than b's, paired by context: the mean over
+    contexts of (a's mean squared error on the context - b's), which equals PPE(a) - PPE(b), its
+    standard error (std / sqrt(N)), and the share of contexts where a's error is the lower one."""
+    a, b, t = (_as_tensor(x, name) for x, name in ((predicted_a, "predicted_a"), (predicted_b, "predicted_b"),
+                                                    (target, "target")))
+    if not (a.shape == b.shape == t.shape) or a.dim() != 2 or a.shape[0] < 2:
+        raise ValueError(f"need [N >= 2 contexts, R ratios] for both predictions and the target; got "
+                         f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(t.shape)}")
+    diff = ((a - t) ** 2).mean(dim=1) - ((b - t) ** 2).mean(dim=1)
+    return {"difference": float(diff.mean()), "stderr": float(diff.std() / diff.numel() ** 0.5),
+            "share_contexts_a_lower": float((diff < 0).double().mean()), "contexts": int(diff.numel())}
+

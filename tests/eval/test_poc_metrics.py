@@ -81,3 +81,21 @@ def test_performance_at_ratio_by_hand():
     with pytest.raises(ValueError, match="one achieved ratio"):
         performance_at_ratio([0.1], [0.5, 0.6], [0.1, 0.2])
     assert not math.isnan(performance_at_ratio([0.1, 0.2], [0.5, 0.6], [0.1, 0.2]))
+
+
+def test_paired_ppe_difference_by_hand():
+    from framework.eval.poc_metrics import paired_ppe_difference
+
+    target = [[1.0, 0.5], [1.0, 0.0], [0.0, 0.0]]
+    a = [[1.0, 0.5], [1.0, 0.2], [0.0, 0.0]]      # squared errors per context: 0, 0.02, 0
+    b = [[0.8, 0.5], [1.0, 0.0], [0.0, 0.4]]      # 0.02, 0, 0.08
+    out = paired_ppe_difference(a, b, target)
+    diffs = [-0.02, 0.02, -0.08]
+    mean = sum(diffs) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert out["difference"] == pytest.approx(mean)
+    assert out["difference"] == pytest.approx(ppe(a, target) - ppe(b, target))
+    assert out["stderr"] == pytest.approx(std / math.sqrt(3))
+    assert out["share_contexts_a_lower"] == pytest.approx(2 / 3) and out["contexts"] == 3
+    with pytest.raises(ValueError, match="N >= 2"):
+        paired_ppe_difference([[1.0]], [[1.0]], [[1.0]])
