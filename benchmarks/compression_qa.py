@@ -102,7 +102,7 @@ QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, read
 NUM_EXAMPLES = 3
 TRAINING_RECORD = "benchmark_training.json"  # a saved compressor's training record, beside its weights
 TRAIN_ARGS = ("reader_from", "seq_len", "steps", "batch", "lr", "warmup", "ratio", "ratio_curriculum",
-              "encoder_layers", "segment_size", "seed")
+              "encoder_layers", "merge_alpha", "segment_size", "seed")
 
 
 # ---------------------------------------------------------------------------------------- helpers

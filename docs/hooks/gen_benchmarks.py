@@ -150,6 +150,20 @@ def make_namespace(R: Node) -> dict[str, Any]:
         rows.append(["uncompressed"] + [_n(em["uncompressed"], ".2f")] * len(ratios))
         return _table(["method"] + [f"exact match at {r}x" for r in ratios], rows)
 
+    def compression_phase_table(name: str, *models: str) -> str:
+        """Training answer loss at the end of each ratio-curriculum phase (the last of the 20 block
+        means inside the phase), one row per compressor of one compression_qa result file."""
+        d = R[name].raw()
+        per_model = d["per_model"]
+        rows = []
+        for model in models:
+            args = per_model[model].get("train_args") or d["args"]
+            phases = list(args["ratio_curriculum"]) + [args["ratio"]]
+            curve = per_model[model]["training"]["curve"]
+            ends = [curve[(k + 1) * len(curve) // len(phases) - 1]["mean_loss"] for k in range(len(phases))]
+            rows.append([f"{model} ({args['steps']} steps)"] + [_n(v, ".2f") for v in ends])
+        return _table(["compressor"] + [f"loss at the end of {r}x" for r in phases], rows)
+
     def passkey_worst_depth(name: str, length: int) -> float:
         """The lowest exact-match accuracy over the depths of one result file at one length."""
         return min(row[str(length)] for row in R[name].by_depth.raw().values())
@@ -252,6 +266,7 @@ def make_namespace(R: Node) -> dict[str, Any]:
             "recipe_times_table": recipe_times_table,
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
             "loader_table": loader_table, "compression_table": compression_table,
+            "compression_phase_table": compression_phase_table,
             "passkey_depth_table": passkey_depth_table, "passkey_worst_depth": passkey_worst_depth,
             "swat_multiple_table": swat_multiple_table,
             "data_memory_table": data_memory_table, "ae_study_table": ae_study_table,
