@@ -100,9 +100,10 @@ QUICK = dict(reader_steps=3, steps=3, batch=4, eval_samples=8, seq_len=128, read
              reader_warmup=1,
              warmup=1, eval_batch=8, max_new_tokens=8)
 NUM_EXAMPLES = 3
+AE_PROMPT = " Repeat the context:"  # the decoder's prompt in the autoencoding stage (--autoencode-steps)
 TRAINING_RECORD = "benchmark_training.json"  # a saved compressor's training record, beside its weights
 TRAIN_ARGS = ("reader_from", "seq_len", "steps", "batch", "lr", "warmup", "ratio", "ratio_curriculum",
-              "encoder_layers", "merge_alpha", "segment_size", "seed")
+              "encoder_layers", "merge_alpha", "segment_size", "seed", "autoencode_steps")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -456,6 +457,10 @@ def parse_args(argv=None):
                    help="lower ratios that the compressors train at first, an equal share of the steps each, on "
                         "contexts of --seq-len * r / --ratio tokens, so the memory always has about "
                         "--seq-len / --ratio slots (e.g. 1,2,4: the decoder first reads unmerged encoder states)")
+    p.add_argument("--autoencode-steps", type=int, default=0,
+                   help="COMI and mean pooling first learn to rebuild the context from its memory (the "
+                        "GMSA/ICAE autoencoding stage COMI's released code can start from) for N steps, on "
+                        "the same contexts and ratio phases as the QA training; 0: skip")
     p.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="evaluation ratios (must hold --ratio)")
     p.add_argument("--segment-size", type=int, default=16, help="RAM's segment length")
     p.add_argument("--encoder-layers", type=int, default=1)
@@ -597,6 +602,18 @@ def main(argv=None) -> dict:
         return out.loss_sum / out.num_tokens, out.aux_loss, {"ratio": out.compressed.ratio,
                                                               "answer_segment_recall": _recall(out.compressed)}
 
+    ae_prompt = torch.tensor(tok(AE_PROMPT, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    def autoencode_step(model, batch):  # GMSA/ICAE-style: rebuild the context from its memory
+        r = batch.pop("_ratio")
+        comp = model.compress(batch["context_ids"], batch["context_mask"], batch["question_ids"],
+                              batch["question_mask"], ratio=r)
+        n = batch["context_ids"].shape[0]
+        prompt = ae_prompt.to(model.device).expand(n, -1)
+        s, c = model.answer_loss(comp.memory, prompt, torch.ones_like(prompt), batch["context_ids"],
+                                 batch["context_mask"])
+        return s / c, s.new_zeros(()), {}
+
     for name in args.models:
         saved = os.path.join(args.compressors_from, name) if args.compressors_from else None
         if saved:  # trained by an earlier run with --save-dir: load it and its training record
@@ -614,6 +631,12 @@ def main(argv=None) -> dict:
                 "encoder_hash_at_start": state_hash(model.encoder)}
         groups = set_trainable(model, settings)
         achieved.clear()
+        if args.autoencode_steps and method == "comi":
+            log(f"stage 1a: {name} autoencodes its contexts, {args.autoencode_steps} steps at ratios {ratio_phases}")
+            info["autoencode"] = train_loop(f"{name}/ae", model, groups, lambda step: compressor_batch(
+                step * args.steps // args.autoencode_steps), autoencode_step, args.autoencode_steps, args.lr,
+                args.warmup, args)
+            model.train()
         log(f"stage 1: {name}, {args.steps} steps of {args.batch} contexts at ratios {ratio_phases} "
             f"({[phase_seq_len(args, r) for r in ratio_phases]} tokens)")
         info.update(train_loop(name, model, groups, compressor_batch, compressor_step, args.steps, args.lr,
