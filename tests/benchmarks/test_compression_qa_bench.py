@@ -194,3 +194,17 @@ def test_compressors_from_a_save_dir_score_as_when_trained(bench, quick_run, tmp
         assert loaded["decoder_hash_at_start"] == result["per_model"][name]["decoder_hash_at_start"]
         assert loaded["train_args"]["steps"] == result["args"]["steps"]
     assert again["claims"]["comi_beats_truncation_at_8x_detail"] == result["claims"]["comi_beats_truncation_at_8x_detail"]
+
+
+def test_autoencode_stage_trains_comi_family_only(bench, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--autoencode-steps", "2", "--models", "comi", "ram",
+                             "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    finally:
+        torch.set_num_threads(threads)
+    ae = result["per_model"]["comi"]["autoencode"]
+    assert len(ae["training"]["curve"]) == 2 and math.isfinite(ae["training"]["first_loss"])
+    # the reconstruction loss is over context tokens: a random decoder is far above the answer loss's scale
+    assert ae["training"]["first_loss"] > 1.0
+    assert "autoencode" not in result["per_model"]["ram"]
