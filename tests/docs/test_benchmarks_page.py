@@ -54,7 +54,7 @@ def test_swat_passkey_compression_data_numbers(page):
     assert p["run"]["evaluation_command"] in page
     d = _j("data")
     assert f"{d['prepare']['tokens_per_s']:,}" in page
-    c = _j("compression_qa_multiquery")
+    c = _j("compression_qa_curriculum")
     assert re.search(r"\| ram \| " + re.escape(f"{c['exact_match']['ram']['4']:.2f}"), page)
 
 
