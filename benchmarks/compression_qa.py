@@ -641,7 +641,8 @@ def main(argv=None) -> dict:
             f"({[phase_seq_len(args, r) for r in ratio_phases]} tokens)")
         info.update(train_loop(name, model, groups, compressor_batch, compressor_step, args.steps, args.lr,
                                args.warmup, args))
-        info["ratio_phases"] = [{"ratio": r, "context_tokens": phase_seq_len(args, r), "steps": len(achieved.get(r, [])),
+        info["ratio_phases"] = [{"ratio": r, "context_tokens": phase_seq_len(args, r),
+                                 "steps": len(achieved.get(r, [])),
                                  "achieved_ratio_mean": round(sum(achieved[r]) / len(achieved[r]), 4)
                                  if achieved.get(r) else None} for r in ratio_phases]
         for p in model.parameters():

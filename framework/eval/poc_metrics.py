@@ -176,4 +176,3 @@ def paired_ppe_difference(predicted_a, predicted_b, target) -> dict:
     diff = ((a - t) ** 2).mean(dim=1) - ((b - t) ** 2).mean(dim=1)
     return {"difference": float(diff.mean()), "stderr": float(diff.std() / diff.numel() ** 0.5),
             "share_contexts_a_lower": float((diff < 0).double().mean()), "contexts": int(diff.numel())}
-

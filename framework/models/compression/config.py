@@ -31,7 +31,8 @@ class CompressorConfig:
     COMI: ratio tokens per output slot (the compression ratio); alpha/beta weigh relevance and
         redundancy (alpha_s, beta_s of the coarse step, and of the fine step unless merge_alpha /
         merge_beta, its alpha_m / beta_m, are set: a larger merge_alpha concentrates each slot on its
-        most query-relevant tokens); coarse/fine/redundancy switch the stages (both stages off = mean pooling, GMSA);
+        most query-relevant tokens); coarse/fine/redundancy switch the stages (both stages off =
+        mean pooling, GMSA);
         chunk_tokens: long contexts are cut into chunks this long, each compressed on its own."""
 
     method: str = "comi"
