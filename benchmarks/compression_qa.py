@@ -142,6 +142,11 @@ def method_settings(name: str, args):
     raise ValueError(f"unknown compressor {name!r}; use one of {MODELS}")
 
 
+def curriculum_phase(phases: list, step: int, steps: int):
+    """The phase of `step` when `steps` are split equally between `phases`, in order."""
+    return phases[min(len(phases) - 1, step * len(phases) // steps)]
+
+
 def phase_seq_len(args, ratio: int) -> int:
     """Context tokens of a ratio-curriculum phase: the memory keeps the final phase's size, about
     --seq-len / --ratio slots, so a phase at ratio r reads --seq-len * r / --ratio tokens."""
@@ -559,7 +564,7 @@ def main(argv=None) -> dict:
         return loss, loss.new_zeros(()), {}
 
     def reader_batch(step):  # the curriculum: an equal share of the steps at each length, shortest first
-        phase = phases[min(len(phases) - 1, step * len(phases) // args.reader_steps)]
+        phase = curriculum_phase(phases, step, args.reader_steps)
         source, lo, hi = sources[f"reader_train_{phase}"], step * args.batch, (step + 1) * args.batch
         return {**tensors(make_batch(source, lo, hi)), "_source": source, "_indices": range(lo, hi)}
 
@@ -589,7 +594,7 @@ def main(argv=None) -> dict:
     ratio_phases = args.ratio_curriculum + [args.ratio]
 
     def compressor_batch(step):  # the ratio curriculum: equal shares of the steps, lowest ratio first
-        r = ratio_phases[min(len(ratio_phases) - 1, step * len(ratio_phases) // args.steps)]
+        r = curriculum_phase(ratio_phases, step, args.steps)
         batch = make_batch(sources[f"compressor_train_{r}"], step * args.batch, (step + 1) * args.batch)
         return {**tensors(batch), "_ratio": r}
 
@@ -636,7 +641,6 @@ def main(argv=None) -> dict:
             info["autoencode"] = train_loop(f"{name}/ae", model, groups, lambda step: compressor_batch(
                 step * args.steps // args.autoencode_steps), autoencode_step, args.autoencode_steps, args.lr,
                 args.warmup, args)
-            model.train()
         log(f"stage 1: {name}, {args.steps} steps of {args.batch} contexts at ratios {ratio_phases} "
             f"({[phase_seq_len(args, r) for r in ratio_phases]} tokens)")
         info.update(train_loop(name, model, groups, compressor_batch, compressor_step, args.steps, args.lr,
