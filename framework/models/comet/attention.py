@@ -85,3 +85,78 @@ def segment_mask(
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
+
+
+# ---------------------------------------------------------------------------------------- neutral start
+GATED_READ = "longctx_comet_gated_read"  # the name under which transformers' attention interface finds it
+
+
+class ReadSpec:
+    """What `gated_read_attention` needs beside the layer's own arguments, for one segment at one layer.
+
+    base_impl: the backbone's own attention implementation ("sdpa", "eager", ...), used for both passes.
+    text_rows: (T,) long, the segment rows that are text tokens (the queries that read through the gate).
+    text_mask: additive mask (B, 1, T, n_keys) letting those rows see text keys only.
+    gate: (heads,) the layer's read gate.
+    """
+
+    def __init__(self, base_impl: str, text_rows: torch.Tensor, text_mask: torch.Tensor, gate: torch.Tensor):
+        self.base_impl, self.text_rows, self.text_mask, self.gate = base_impl, text_rows, text_mask, gate
+
+
+def _base_attention(module, impl: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if impl in (None, "eager") or impl not in ALL_ATTENTION_FUNCTIONS:
+        import sys
+
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[impl]
+
+
+def gated_read_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         comet_read: ReadSpec | None = None, **kwargs):
+    """Attention where text queries read non-text keys (memory, compression rows) through a per-head gate g:
+
+        out_text_row = A_text + g * (A_full - A_text)
+
+    A_full is the layer's usual attention over every key it may see (the reference formulation); A_text is the
+    same query over the chunk's text keys only, which is what the base model computes on the chunk's window
+    alone. g = 0 is the base model; g = 1 is the reference. Other rows (compression, readouts) use A_full.
+    Both passes run through the backbone's own implementation, so sdpa and eager give the same result.
+    """
+    base = _base_attention(module, comet_read.base_impl if comet_read is not None else None)
+    full, weights = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if comet_read is None:
+        return full, weights
+    rows = comet_read.text_rows
+    text, _ = base(module, query[:, :, rows], key, value, comet_read.text_mask, dropout=dropout, scaling=scaling,
+                   **kwargs)
+    gate = comet_read.gate.to(full.dtype).view(1, 1, -1, 1)  # full/text: (B, rows, heads, head_dim)
+    mixed = text + gate * (full[:, rows] - text)
+    return full.index_copy(1, rows, mixed), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(GATED_READ, gated_read_attention)
+
+
+_register()
+
+
+class use_gated_read:
+    """Within the block, `layer`'s attention module runs `gated_read_attention` (set and restored on its config,
+    which is also how activation-checkpoint recomputation finds it again: the block is inside the recomputed cell)."""
+
+    def __init__(self, layer):
+        self.config = layer.self_attn.config
+
+    def __enter__(self) -> str:
+        self.previous = self.config._attn_implementation
+        self.config._attn_implementation = GATED_READ
+        return self.previous
+
+    def __exit__(self, *exc) -> None:
+        self.config._attn_implementation = self.previous

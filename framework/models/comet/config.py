@@ -35,6 +35,14 @@ class CoMeTConfig:
         (g**k has gradient where k(1-g) is of order 1) and shows the reader states that have seen
         many updates. 1 (the default, and the paper) turns it off.
     gate_repeat_prob: the chance that a chunk's update is repeated, when gate_repeat_max > 1.
+    neutral_start: True (the default) makes the untrained wrapper read text exactly as the base model reads a
+        window of chunk_size tokens: text rows attend to memory and compression rows only through a per-layer,
+        per-head read gate that starts at 0 (out = text-only attention + gate x (full attention - text-only
+        attention)), compression rows share the position of their group's last text token (so text positions
+        stay contiguous), and the adapters' up-projections start at 0. False is the paper's and the reference
+        code's formulation (every row sees every earlier row, every row advances the position), for models
+        trained from scratch and for the equivalence tests. Compression and readout rows always use full
+        attention, so memory is written the same way in both.
     """
 
     chunk_size: int = 2048
@@ -48,6 +56,7 @@ class CoMeTConfig:
     gradient_checkpointing: bool = False
     gate_repeat_max: float = 1.0
     gate_repeat_prob: float = 0.5
+    neutral_start: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +107,8 @@ class CoMeTConfig:
         if self.gate_repeat_max > 1 and self.global_gate != "learned":
             fail("gate_repeat_max", "repeats a learned gate; global_gate is not \"learned\"",
                  "set gate_repeat_max=1 with global_gate=\"overwrite\"")
+        if not isinstance(self.neutral_start, bool):
+            fail("neutral_start", "must be true or false", "use true (start as the base model) or false (reference)")
         if not self.temp_norm_eps > 0:
             fail("temp_norm_eps", "must be positive", "use 1e-12")
         if not (self.uses_global_memory or self.uses_temp_memory):
@@ -109,6 +120,9 @@ class CoMeTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CoMeTConfig":
+        """A config from `to_dict`'s output. A dict without `neutral_start` was written before the field existed,
+        by the reference formulation, so it loads as neutral_start=False."""
+        data = {"neutral_start": False, **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -96,13 +96,18 @@ class TemporaryMemory(nn.Module):
 
 
 class LayerMemoryNets(nn.Module):
-    """The new parameters of one decoder layer."""
+    """The new parameters of one decoder layer.
+
+    read_gate (neutral start only): one scalar per attention head, starting at 0, that scales how much the layer's
+    text rows read memory and compression rows (see attention.gated_read_attention).
+    """
 
     def __init__(self, dim: int, rank: int, eps: float, temp_eps: float, use_global: bool, use_temp: bool,
-                 gated: bool = True):
+                 gated: bool = True, read_heads: int = 0):
         super().__init__()
         self.global_mem = GlobalMemory(dim, rank, eps, gated) if use_global else None
         self.temp_mem = TemporaryMemory(dim, rank, temp_eps) if use_temp else None
+        self.read_gate = nn.Parameter(torch.zeros(read_heads)) if read_heads else None
 
 
 def fifo_select(old_valid: torch.Tensor, new_valid: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,11 +15,11 @@ from transformers.utils import ModelOutput
 
 from ..hf_compat import cache_keyword
 
-from .attention import PrefixKV, memory_kv, segment_mask
+from .attention import PrefixKV, ReadSpec, memory_kv, segment_mask, use_gated_read
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
 from .layout import COMPRESS, READOUT, TEXT, SegmentLayout, chunk_plan_layout, last_real_doc, row_meta, segment_layout
-from .memory import LayerMemory, LayerMemoryNets, MemoryIndex, fifo_select
+from .memory import LayerMemory, LayerMemoryNets, LowRankAdapter, MemoryIndex, fifo_select
 
 COMET_WEIGHTS = "comet.safetensors"
 COMET_CONFIG = "comet_config.json"
@@ -40,16 +40,27 @@ class CoMeTOutput(ModelOutput):
 
 @dataclass
 class KeyMeta:
-    """Per key row of a chunk, so far: real or padding, document, RoPE position. Each (B, n)."""
+    """Per key row of a chunk, so far: real or padding, document, RoPE position, text token or not. Each (B, n).
+
+    count (B, 1): rows so far that advanced the position (real rows; with neutral_start, not compression rows,
+    which share the position of the row before them).
+    """
 
     valid: torch.Tensor
     doc: torch.Tensor
     pos: torch.Tensor
+    text: torch.Tensor
+    count: torch.Tensor
 
-    def extend(self, valid, doc) -> "KeyMeta":
-        start = self.valid.sum(dim=1, keepdim=True)
-        pos = (start + valid.long().cumsum(dim=1) - 1).clamp(min=0)
-        return KeyMeta(torch.cat([self.valid, valid], 1), torch.cat([self.doc, doc], 1), torch.cat([self.pos, pos], 1))
+    @classmethod
+    def memory(cls, valid, doc) -> "KeyMeta":
+        pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        return cls(valid, doc, pos, torch.zeros_like(valid), valid.long().sum(dim=1, keepdim=True))
+
+    def extend(self, valid, doc, advance, text) -> "KeyMeta":
+        pos = (self.count + advance.long().cumsum(dim=1) - 1).clamp(min=0)
+        return KeyMeta(torch.cat([self.valid, valid], 1), torch.cat([self.doc, doc], 1), torch.cat([self.pos, pos], 1),
+                       torch.cat([self.text, text], 1), self.count + advance.long().sum(dim=1, keepdim=True))
 
 
 @dataclass
@@ -72,6 +83,7 @@ class SegmentPlan:
     masks: dict
     simple: bool  # no padding and no documents: the mask depends on shapes only
     mask_cache: dict
+    layout_key: tuple  # (text_start, text_end, close, memory rows): with `simple`, fixes the text-key pattern
     # set when the segment closes its chunk
     fresh: torch.Tensor | None = None
     gate_repeats: torch.Tensor | None = None  # (B,) k of the gated update (training with gate_repeat_max > 1)
@@ -89,6 +101,27 @@ class SegmentPlan:
             mask = segment_mask(self.keys.valid, self.keys.doc, self.keys.pos, self.layout.n_rows, window, dtype)
             if self.simple:  # masks of the same shape are equal; keep only the newest shape
                 self.mask_cache.clear()
+                self.mask_cache[shared_key] = mask
+        self.masks[key] = mask
+        return mask
+
+    @property
+    def reads_non_text(self) -> bool:
+        """Whether any key is a memory or compression row (else text rows see text only, gated or not)."""
+        return not bool(self.keys.text.all())
+
+    def text_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask (B, 1, text rows, keys): what a text row sees when it reads text keys only."""
+        key = ("text", window, dtype)
+        if key in self.masks:
+            return self.masks[key]
+        shared_key = (self.keys.valid.shape, self.layout_key, window, dtype, "text")
+        if self.simple and shared_key in self.mask_cache:
+            mask = self.mask_cache[shared_key]
+        else:
+            mask = segment_mask(self.keys.valid & self.keys.text, self.keys.doc, self.keys.pos, self.layout.n_rows,
+                                window, dtype)[:, :, self.text_rows]
+            if self.simple:
                 self.mask_cache[shared_key] = mask
         self.masks[key] = mask
         return mask
@@ -120,9 +153,11 @@ class CoMeTForCausalLM(nn.Module):
         eps = getattr(hf, "rms_norm_eps", 1e-6)
         embed = backbone.model.embed_tokens
         ref = embed.weight
+        heads = hf.num_attention_heads if config.neutral_start else 0
         self.memory_nets = nn.ModuleList(
             LayerMemoryNets(dim, config.adapter_rank, eps, config.temp_norm_eps,
-                            config.uses_global_memory, config.uses_temp_memory, config.global_gate == "learned")
+                            config.uses_global_memory, config.uses_temp_memory, config.global_gate == "learned",
+                            read_heads=heads)
             for _ in range(len(backbone.model.layers))
         ).to(device=ref.device, dtype=ref.dtype)
         self.readout_embed = nn.Parameter(torch.zeros(config.global_mem_size, dim, device=ref.device, dtype=ref.dtype))
@@ -135,6 +170,9 @@ class CoMeTForCausalLM(nn.Module):
             for module in self.memory_nets.modules():
                 if isinstance(module, nn.Linear):
                     module.weight.normal_(0.0, std)
+            for module in self.memory_nets.modules():
+                if isinstance(module, LowRankAdapter) and self.config.neutral_start:
+                    module.up.weight.zero_()  # the adapters start as the identity
             mean, spread = embedding_stats(self.backbone.model.embed_tokens)
             noise = torch.randn(self.readout_embed.shape, device=mean.device) * spread * 1e-3
             self.readout_embed.copy_(mean + noise)
@@ -241,12 +279,13 @@ class CoMeTForCausalLM(nn.Module):
         valid, doc = row_meta(layout, self._stride, text_valid, text_doc)
         mem_cos = mem_sin = None
         if prior is None:
-            mem_valid, mem_doc = index.row_meta(cfg.global_mem_size, batch, device)
-            mem_pos = (mem_valid.long().cumsum(dim=1) - 1).clamp(min=0)
-            prior = KeyMeta(mem_valid, mem_doc, mem_pos)
-            if mem_valid.shape[1]:
-                mem_cos, mem_sin = self._rope(mem_pos)
-        keys = prior.extend(valid, doc)
+            prior = KeyMeta.memory(*index.row_meta(cfg.global_mem_size, batch, device))
+            if prior.valid.shape[1]:
+                mem_cos, mem_sin = self._rope(prior.pos)
+        n_mem = int((~prior.text).sum(dim=1).max()) if prior.text.numel() else 0
+        is_text = (layout.kind == TEXT).to(device).expand(batch, -1)
+        advance = valid & (layout.kind != COMPRESS).to(device) if cfg.neutral_start else valid
+        keys = prior.extend(valid, doc, advance, is_text)
         positions = keys.pos[:, -layout.n_rows:]
         cos, sin = self._rope(positions)
         kind = layout.kind
@@ -258,6 +297,7 @@ class CoMeTForCausalLM(nn.Module):
             gather_rows=torch.argsort(order).to(device), masks={},
             simple=bool(keys.valid.all()) and not cfg.reset_memory_at_doc_boundaries,
             mask_cache=mask_cache if mask_cache is not None else {},
+            layout_key=(text_start, text_end, close, n_mem),
         )
         if close:
             comp = layout.kind == COMPRESS
@@ -310,9 +350,18 @@ class CoMeTForCausalLM(nn.Module):
 
     def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV) -> torch.Tensor:
         layer = self.layers[layer_idx]
-        mask = plan.mask(layer_window(self.backbone, layer), x.dtype)
-        out = layer(x, attention_mask=mask, position_ids=plan.positions, **{cache_keyword(layer): cache},
-                    position_embeddings=(plan.cos, plan.sin), use_cache=False)
+        window = layer_window(self.backbone, layer)
+        mask = plan.mask(window, x.dtype)
+        kwargs = {cache_keyword(layer): cache}
+        gate = self.memory_nets[layer_idx].read_gate
+        if gate is None or not plan.reads_non_text or plan.text_rows.numel() == 0:
+            out = layer(x, attention_mask=mask, position_ids=plan.positions, position_embeddings=(plan.cos, plan.sin),
+                        use_cache=False, **kwargs)
+        else:
+            with use_gated_read(layer) as impl:
+                read = ReadSpec(impl, plan.text_rows, plan.text_mask(window, x.dtype), gate)
+                out = layer(x, attention_mask=mask, position_ids=plan.positions,
+                            position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def _prefix(self, layer_idx: int, mem: LayerMemory, plan: SegmentPlan, keep: bool) -> PrefixKV:

@@ -120,7 +120,9 @@ class CoMeTStream:
                            comp_meta=(oc.comp_valid, oc.comp_doc))
         x = model._embed_rows(plan, model.compress_embed.new_zeros(oc.text_valid.shape[0], 0, model.compress_embed.shape[0]))
         for layer_idx in range(len(model.layers)):
-            x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+            # nothing to add when the last group is complete and there are no readouts (global_mem_size=0)
+            if plan.layout.n_rows:
+                x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
             compressed = torch.cat(oc.comp_outputs[layer_idx] + [x[:, plan.comp_rows]], dim=1)
             self.memory[layer_idx] = model._next_memory(
                 layer_idx, x[:, plan.readout_rows], compressed, self.memory[layer_idx], plan)

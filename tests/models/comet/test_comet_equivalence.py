@@ -48,7 +48,7 @@ def placeholder_rows_forward(model, ids):
 
 
 def test_prefix_kv_equals_placeholder_rows(family):
-    model = tiny_comet(family)
+    model = tiny_comet(family, neutral_start=False)  # the reference formulation
     ids = torch.randint(0, VOCAB, (2, 70))
     with torch.no_grad():
         ours = model(input_ids=ids).logits
@@ -57,11 +57,15 @@ def test_prefix_kv_equals_placeholder_rows(family):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_eager_attention_matches_sdpa():
+@pytest.mark.parametrize("neutral_start", [True, False])
+def test_eager_attention_matches_sdpa(neutral_start):
     ids = torch.randint(0, VOCAB, (1, 50))
-    cfg = CoMeTConfig(chunk_size=16, global_mem_size=4, temp_stride=4, temp_budget=8)
+    cfg = CoMeTConfig(chunk_size=16, global_mem_size=4, temp_stride=4, temp_budget=8, neutral_start=neutral_start)
     sdpa = CoMeTForCausalLM.from_base(tiny_base("llama", attn="sdpa"), cfg).eval()
     eager = CoMeTForCausalLM.from_base(tiny_base("llama", attn="eager"), CoMeTConfig(**cfg.to_dict())).eval()
+    with torch.no_grad():  # memory that is read (a nonzero read gate), so both attention passes matter
+        for p in sdpa.memory_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     eager.load_state_dict(sdpa.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(eager(input_ids=ids).logits, sdpa(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
