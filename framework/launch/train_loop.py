@@ -80,8 +80,13 @@ def _exporter(cfg: TrainJob, tokenizer):
         if trainer.global_rank != 0:
             return
         if cfg.launch.strategy == "fsdp":
-            model = build_model(cfg, tokenizer)
-            model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+            from framework.models.lora import merge_lora_state_dict
+
+            model = build_model(cfg, tokenizer)  # no adapters: LoRA is merged into the gathered weights
+            state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+            if getattr(cfg.method, "backbone", "full") == "lora":
+                state = merge_lora_state_dict(state, cfg.method.lora_alpha / cfg.method.lora_rank)
+            model.load_state_dict(state)
         else:
             model = module.model
         spec.save_model(model, directory, tokenizer)

@@ -97,8 +97,12 @@ class CausalLMModule(TokenLossModule):
 
 
 def save_hf_model(model, directory: str, tokenizer) -> None:
-    """save_pretrained (safetensors) with the tokenizer beside it."""
-    model.save_pretrained(directory, safe_serialization=True)
+    """save_pretrained (safetensors) with the tokenizer beside it; LoRA adapters (method.backbone=lora) are
+    merged, so the directory is a plain Hugging Face checkpoint."""
+    from framework.models.lora import has_lora, plain_state_dict
+
+    extra = {"state_dict": plain_state_dict(model)} if has_lora(model) else {}
+    model.save_pretrained(directory, safe_serialization=True, **extra)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

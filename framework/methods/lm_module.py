@@ -3,6 +3,10 @@ cosine, gradient clipping, per-step metrics and the RNG state in checkpoints.
 
 A method subclasses `TokenLossModule` and says how a batch becomes (sum of token losses, labelled
 tokens), and which parameters it adds to the base model (they get `memory_lr_multiplier`).
+
+How the base model itself trains (`method.backbone`: full, frozen or lora) is applied here, once, when
+the module is built: before any optimizer exists and identically on resume, so a checkpoint's state
+dict (adapters included) always matches the module it is loaded into.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 
-from framework.methods.optim import OptimConfig, build_optimizer
+from framework.methods.optim import OptimConfig, OptimConfigError, build_optimizer
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -47,6 +51,46 @@ def global_token_mean(loss_sum: torch.Tensor, num_tokens: torch.Tensor, world_si
     return loss_sum * world_size / global_tokens, stats[1] / global_tokens, stats[0], stats[2]
 
 
+def lora_root(model: torch.nn.Module):
+    """Where LoRA goes: the model if it is a Hugging Face PreTrainedModel, else its `.backbone` if that is
+    one (CoMeT); None otherwise (no save path would merge the adapters)."""
+    from transformers import PreTrainedModel
+
+    for candidate in (model, getattr(model, "backbone", None)):
+        if isinstance(candidate, PreTrainedModel):
+            return candidate
+    return None
+
+
+def apply_backbone(model: torch.nn.Module, added, cfg: OptimConfig) -> list:
+    """Make `model` train as cfg.backbone says: full (no change), frozen (only `added` trains) or lora (the
+    base weights frozen, adapters on cfg.lora_targets of the backbone). Returns the parameters it froze."""
+    if cfg.backbone == "full":
+        return []
+    added = list(added)
+    keep = {id(p) for p in added}
+    if cfg.backbone == "frozen" and not added:
+        raise OptimConfigError("method.backbone='frozen' freezes everything but the parameters the method adds, "
+                               "and this method adds none: nothing would train. Fix: --method.backbone full or lora")
+    frozen = [p for p in model.parameters() if id(p) not in keep and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    if cfg.backbone == "lora":
+        from framework.models.lora import LoRAError, add_lora
+
+        root = lora_root(model)
+        if root is None:
+            raise OptimConfigError(f"method.backbone='lora' needs a Hugging Face model (or one wrapped as "
+                                   f"`.backbone`, like CoMeT) so the saved model has the adapters merged; this "
+                                   f"method trains a {type(model).__name__}. Fix: --method.backbone full or frozen")
+        try:
+            add_lora(root, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, exclude=added)
+        except LoRAError as err:
+            raise OptimConfigError(f"method.lora_targets={list(cfg.lora_targets)}: {err}. Fix: set "
+                                   "--method.lora_targets to some of those names") from None
+    return frozen
+
+
 class TokenLossModule(pl.LightningModule):
     """Trains `model` on the mean loss over every labelled token of the global batch (all ranks),
     not a mean of per-rank means, so ranks with more labelled tokens weigh more."""
@@ -57,6 +101,7 @@ class TokenLossModule(pl.LightningModule):
         self.optim = optim
         self.total_steps = total_steps
         self._step_started = None
+        self._backbone_frozen = apply_backbone(model, self.added_parameters(), optim)
 
     # ------------------------------------------------------------------ what a method defines
     def loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +112,35 @@ class TokenLossModule(pl.LightningModule):
         """Parameters the method adds to the base model; they train at lr x memory_lr_multiplier."""
         return []
 
+    # ------------------------------------------------------------------ backbone
+    def check_backbone(self) -> None:
+        """Raise when a subclass re-enabled parameters that method.backbone froze (a method that picks its
+        own trainable set, e.g. the compression methods, must run with method.backbone=full)."""
+        thawed = sum(p.requires_grad for p in self._backbone_frozen)
+        if thawed:
+            raise OptimConfigError(f"method.backbone={self.optim.backbone!r}: {type(self).__name__} chooses its own "
+                                   f"trainable parameters and re-enabled {thawed} that the backbone setting froze. "
+                                   "Fix: --method.backbone full, and use that method's own settings")
+
+    def setup(self, stage: str) -> None:
+        """Before Lightning restores a checkpoint or wraps the model: check the backbone setting and report
+        (rank 0) how many parameters train."""
+        from framework.models.lora import lora_modules, parameter_counts
+
+        self.check_backbone()
+        if self._trainer is not None and self._trainer.global_rank != 0:
+            return
+        trainable, total = parameter_counts(self.model)
+        note = ""
+        if self.optim.backbone == "lora":
+            note = (f", LoRA rank {self.optim.lora_rank} on {len(lora_modules(self.model))} layers "
+                    f"({', '.join(self.optim.lora_targets)})")
+        print(f"[longctx] method.backbone={self.optim.backbone}: {trainable:,} of {total:,} parameters train "
+              f"({100.0 * trainable / max(total, 1):.2f}%){note}", flush=True)
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        self.check_backbone()
         opt, sched = build_optimizer(self.model, self.added_parameters(), self.optim, self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -187,7 +187,11 @@ class CoMeTForCausalLM(nn.Module):
         """Write the backbone as a normal HF checkpoint plus comet.safetensors and comet_config.json."""
         from safetensors.torch import save_file
 
+        from ..lora import has_lora, plain_state_dict
+
         os.makedirs(directory, exist_ok=True)
+        if has_lora(self.backbone):  # a plain HF checkpoint: the adapters merged into the weights
+            save_kwargs = {**save_kwargs, "state_dict": plain_state_dict(self.backbone)}
         self.backbone.save_pretrained(directory, **save_kwargs)
         state = {k: v.detach().contiguous().cpu() for k, v in self.comet_state_dict().items()}
         save_file(state, os.path.join(directory, COMET_WEIGHTS), metadata={"format": "pt"})
