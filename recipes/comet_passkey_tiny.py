@@ -55,8 +55,9 @@ def tiny() -> JobConfig:
         model=tiny_qwen3(hidden_size=128),
         # gate repeats: in training, a chunk's gated update may count as up to 4,096 identical ones (g -> g**k),
         # so 8-chunk samples teach the gate to hold a key over the 1,024 updates of a 32k haystack
+        # a random model trained from scratch has no reading to keep: the paper's formulation (no neutral start)
         comet=CoMeTConfig(chunk_size=32, global_mem_size=8, temp_stride=8, temp_budget=8, adapter_rank=8,
-                          gate_repeat_max=4096.0),
+                          gate_repeat_max=4096.0, neutral_start=False),
         method=OptimConfig(lr=2e-3, memory_lr_multiplier=1.0, warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1),
         data=DataConfig(kind="passkey", seq_len=TRAIN_LEN, batch_size=32, num_samples=200_000, epochs=1,
                         options={"filler": PASSKEY_REPEAT_FILLER, "digits": 5, "label_needle": True,
