@@ -35,6 +35,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def machine(torch) -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": "cpu", "date": time.strftime("%Y-%m-%d")}
+
+
 def documents(tokenizer, seq_len: int) -> list:
     from framework.eval.perplexity import data_documents
 
@@ -64,7 +69,7 @@ def main(argv=None) -> int:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
     docs = documents(tokenizer, args.seq_len)
     result = {"base": base_dir, "seq_len": args.seq_len, "docs": len(docs), "targets": TARGETS,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "modes": {}}
+              "machine": machine(torch), "modes": {}}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         config = CoMeTConfig(chunk_size=args.chunk_size, global_mem_size=args.global_mem, temp_stride=8,
                              temp_budget=128, neutral_start=mode == "neutral")
