@@ -96,12 +96,15 @@ class ReadSpec:
 
     base_impl: the backbone's own attention implementation ("sdpa", "eager", ...), used for both passes.
     text_rows: (T,) long, the segment rows that are text tokens (the queries that read through the gate).
-    text_mask: additive mask (B, 1, T, n_keys) letting those rows see text keys only.
+    text_keys: (K_text,) long, the keys that are text rows (of this segment and earlier ones of the chunk).
+    text_mask: additive mask (B, 1, T, K_text) over those keys.
     gate: (heads,) the layer's read gate.
     """
 
-    def __init__(self, base_impl: str, text_rows: torch.Tensor, text_mask: torch.Tensor, gate: torch.Tensor):
-        self.base_impl, self.text_rows, self.text_mask, self.gate = base_impl, text_rows, text_mask, gate
+    def __init__(self, base_impl: str, text_rows: torch.Tensor, text_keys: torch.Tensor, text_mask: torch.Tensor,
+                 gate: torch.Tensor):
+        self.base_impl, self.text_rows, self.text_keys = base_impl, text_rows, text_keys
+        self.text_mask, self.gate = text_mask, gate
 
 
 def _base_attention(module, impl: str):
@@ -129,9 +132,9 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
     full, weights = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if comet_read is None:
         return full, weights
-    rows = comet_read.text_rows
-    text, _ = base(module, query[:, :, rows], key, value, comet_read.text_mask, dropout=dropout, scaling=scaling,
-                   **kwargs)
+    rows, keys = comet_read.text_rows, comet_read.text_keys
+    text, _ = base(module, query[:, :, rows], key[:, :, keys], value[:, :, keys], comet_read.text_mask,
+                   dropout=dropout, scaling=scaling, **kwargs)
     gate = comet_read.gate.to(full.dtype).view(1, 1, -1, 1)  # full/text: (B, rows, heads, head_dim)
     mixed = text + gate * (full[:, rows] - text)
     return full.index_copy(1, rows, mixed), None

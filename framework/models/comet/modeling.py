@@ -110,8 +110,13 @@ class SegmentPlan:
         """Whether any key is a memory or compression row (else text rows see text only, gated or not)."""
         return not bool(self.keys.text.all())
 
+    @property
+    def text_keys(self) -> torch.Tensor:
+        """(K_text,) indices of the text keys (the same in every sequence of the batch: the layout is shared)."""
+        return self.keys.text[0].nonzero().flatten()
+
     def text_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask (B, 1, text rows, keys): what a text row sees when it reads text keys only."""
+        """Additive mask (B, 1, text rows, text keys): what a text row sees when it reads text keys only."""
         key = ("text", window, dtype)
         if key in self.masks:
             return self.masks[key]
@@ -120,7 +125,7 @@ class SegmentPlan:
             mask = self.mask_cache[shared_key]
         else:
             mask = segment_mask(self.keys.valid & self.keys.text, self.keys.doc, self.keys.pos, self.layout.n_rows,
-                                window, dtype)[:, :, self.text_rows]
+                                window, dtype)[:, :, self.text_rows][..., self.text_keys]
             if self.simple:
                 self.mask_cache[shared_key] = mask
         self.masks[key] = mask
@@ -363,7 +368,7 @@ class CoMeTForCausalLM(nn.Module):
                         use_cache=False, **kwargs)
         else:
             with use_gated_read(layer) as impl:
-                read = ReadSpec(impl, plan.text_rows, plan.text_mask(window, x.dtype), gate)
+                read = ReadSpec(impl, plan.text_rows, plan.text_keys, plan.text_mask(window, x.dtype), gate)
                 out = layer(x, attention_mask=mask, position_ids=plan.positions,
                             position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out
