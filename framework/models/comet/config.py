@@ -43,6 +43,9 @@ class CoMeTConfig:
         code's formulation (every row sees every earlier row, every row advances the position), for models
         trained from scratch and for the equivalence tests. Compression and readout rows always use full
         attention, so memory is written the same way in both.
+    read_gate_scale: with neutral_start, the read gate of a head is read_gate_scale x its parameter (which starts
+        at 0). Adam moves a parameter by about the learning rate per step whatever its gradient's size, so this
+        is how much faster than CoMeT's other parameters the gates open (1: as fast; the recipes use 1).
     """
 
     chunk_size: int = 2048
@@ -57,6 +60,7 @@ class CoMeTConfig:
     gate_repeat_max: float = 1.0
     gate_repeat_prob: float = 0.5
     neutral_start: bool = True
+    read_gate_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,6 +113,9 @@ class CoMeTConfig:
                  "set gate_repeat_max=1 with global_gate=\"overwrite\"")
         if not isinstance(self.neutral_start, bool):
             fail("neutral_start", "must be true or false", "use true (start as the base model) or false (reference)")
+        if isinstance(self.read_gate_scale, bool) or not isinstance(self.read_gate_scale, (int, float)) \
+                or not self.read_gate_scale > 0:
+            fail("read_gate_scale", "must be a positive number", "use e.g. 10")
         if not self.temp_norm_eps > 0:
             fail("temp_norm_eps", "must be positive", "use 1e-12")
         if not (self.uses_global_memory or self.uses_temp_memory):
@@ -120,9 +127,9 @@ class CoMeTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CoMeTConfig":
-        """A config from `to_dict`'s output. A dict without `neutral_start` was written before the field existed,
-        by the reference formulation, so it loads as neutral_start=False."""
-        data = {"neutral_start": False, **data}
+        """A config from `to_dict`'s output. A field missing from `data` was written before it existed, so it
+        loads as the behaviour of that time: neutral_start=False (the reference), read_gate_scale=1."""
+        data = {"neutral_start": False, "read_gate_scale": 1.0, **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -106,10 +106,11 @@ def test_old_checkpoints_load_with_the_reference_formulation(tmp_path):
     import json
 
     meta = json.load(open(meta_path))
-    del meta["comet_config"]["neutral_start"]  # as written before the field existed
+    del meta["comet_config"]["neutral_start"]  # as written before the fields existed
+    del meta["comet_config"]["read_gate_scale"]
     json.dump(meta, open(meta_path, "w"))
     loaded = CoMeTForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.config.neutral_start is False
+    assert loaded.config.neutral_start is False and loaded.config.read_gate_scale == 1.0
     ids = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -127,3 +128,27 @@ def test_streaming_without_global_memory_crosses_full_chunks(neutral_start):
         generated = model.generate(input_ids=ids[:, :16], max_new_tokens=20)
     torch.testing.assert_close(torch.cat(pieces, 1), expected, atol=1e-5, rtol=1e-5)
     assert generated.shape == (1, 36)
+
+
+def test_the_gated_read_is_causal():
+    """With open read gates, a token's logits do not depend on any later token (same chunk or later chunks)."""
+    model = tiny_comet("mistral")
+    ids = torch.randint(0, VOCAB, (1, 50))
+    for cut in (5, 16, 23, 40):
+        other = ids.clone()
+        other[:, cut:] = torch.randint(0, VOCAB, (1, 50 - cut))
+        with torch.no_grad():
+            a, b = model(input_ids=ids).logits, model(input_ids=other).logits
+        torch.testing.assert_close(a[:, :cut], b[:, :cut], atol=1e-6, rtol=1e-6)
+
+
+def test_read_gate_scale_multiplies_the_gate():
+    """read_gate_scale x parameter is the gate: scale 2 with parameter p equals scale 1 with parameter 2p."""
+    one = tiny_comet("qwen3", read_gate_scale=1.0)
+    two = tiny_comet("qwen3", read_gate_scale=2.0)
+    with torch.no_grad():
+        for a, b in zip(one.memory_nets, two.memory_nets):
+            a.read_gate.copy_(b.read_gate * 2)
+    ids = torch.randint(0, VOCAB, (1, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(one(input_ids=ids).logits, two(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
