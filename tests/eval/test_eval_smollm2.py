@@ -151,3 +151,24 @@ def test_convert_smollm2_loads_and_knows_paris(tmp_path):
     seen = []
     assert convert_smollm2(out, log=seen.append) == out  # idempotent: kept, not converted again
     assert any("already converted" in m for m in seen)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.expanduser(os.environ.get(
+    "SMOLLM2_DIR", "~/.cache/longctx/smollm2-135m-instruct")), "config.json")),
+    reason="SmolLM2 is not converted here (bash cluster/setup_smollm2.sh)")
+def test_untrained_comet_on_smollm2_reads_novel_text_as_the_base_model_reads_each_window():
+    """The neutral start on real weights (the first 6 of SmolLM2's 30 layers, to keep it quick): on 1,024 tokens of
+    the novels, every chunk's perplexity equals the base model's on that chunk's window alone."""
+    from framework.eval.perplexity import compare_with_base, data_documents
+    from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
+    from framework.models.smollm2 import default_dir
+
+    base, tok = _load(default_dir())
+    base.model.layers = base.model.layers[:6]
+    base.config.num_hidden_layers = 6
+    model = CoMeTForCausalLM.from_base(base, CoMeTConfig(chunk_size=256, global_mem_size=16, temp_stride=8,
+                                                         temp_budget=64)).eval()
+    docs = data_documents({"kind": "text", "seq_len": 1024, "split": "train"}, tok, 1)
+    ratios = compare_with_base(model, docs, base_full_max_len=0)["ratios"]["comet_over_base_window"]
+    assert abs(ratios["chunk_0"] - 1) < 1e-3 and abs(ratios["chunks_1_plus"] - 1) < 1e-3
+    assert abs(ratios["max_chunk"] - 1) < 1e-3
