@@ -34,6 +34,63 @@ class PrefixKV:
         return 0 if self.keys is None else self.keys.shape[-2]
 
 
+class _Rows:
+    """Keys and values in preallocated (..., capacity, head_dim) buffers, filled from the start; views come back."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.n = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        r = k.shape[-2]
+        if self.k is None or self.n + r > self.k.shape[-2]:  # allocate, or grow by doubling
+            cap = max(capacity, self.n + r) if self.k is None else max(2 * self.k.shape[-2], self.n + r)
+            new_k = k.new_empty(*k.shape[:-2], cap, k.shape[-1])
+            new_v = v.new_empty(*v.shape[:-2], cap, v.shape[-1])
+            if self.n:
+                new_k[..., :self.n, :] = self.k[..., :self.n, :]
+                new_v[..., :self.n, :] = self.v[..., :self.n, :]
+            self.k, self.v = new_k, new_v
+        self.k[..., self.n:self.n + r, :] = k
+        self.v[..., self.n:self.n + r, :] = v
+        self.n += r
+        return self.k[..., :self.n, :], self.v[..., :self.n, :]
+
+
+class ChunkKV:
+    """The K/V cache of the open chunk in streaming: memory rows, then every segment's rows, in order.
+
+    Like `PrefixKV(keep=True)`, but the rows live in preallocated buffers written in place, and `update` returns
+    views: appending a row copies that row only (the buffers double if ever full). With `track_text`, the text
+    rows' K/V are also kept, in order, in buffers of their own: the keys of the gated read's text pass, without
+    a gather. Set `text_rows` (a slice or an index tensor of the rows of the next update) before each update.
+    """
+
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, capacity: int,
+                 track_text: bool = False, text_capacity: int = 0):
+        self.capacity, self.text_capacity, self.track_text = capacity, text_capacity, track_text
+        self.text_rows = None
+        self._all, self._text = _Rows(), _Rows()
+        self.keys = self.values = None
+        if keys is not None:
+            self.keys, self.values = self._all.append(keys, values, capacity)
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        if self.track_text and self.text_rows is not None:
+            rows = self.text_rows
+            self._text.append(key_states[:, :, rows], value_states[:, :, rows], self.text_capacity)
+        self.keys, self.values = self._all.append(key_states, value_states, self.capacity)
+        return self.keys, self.values
+
+    def text_kv(self):
+        """(keys, values) of the chunk's text rows so far, (B, kv_heads, text rows, head_dim) views."""
+        t = self._text
+        return t.k[..., :t.n, :], t.v[..., :t.n, :]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._all.n
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -97,14 +154,19 @@ class ReadSpec:
     base_impl: the backbone's own attention implementation ("sdpa", "eager", ...), used for both passes.
     text_rows: (T,) long, the segment rows that are text tokens (the queries that read through the gate).
     text_keys: (K_text,) long, the keys that are text rows (of this segment and earlier ones of the chunk).
-    text_mask: additive mask (B, 1, T, K_text) over those keys.
-    gate: (heads,) the layer's read gate.
+    text_mask: additive mask (B, 1, T, K_text) over those keys, or None when every text row sees every text key.
+    gate: (heads,) the layer's read gate; None: no text pass (only `key_limits`).
+    key_limits: None, or for each query row the number of leading keys it sees (then attention_mask is None): a few
+        rows, all keys real and of one document, each row seeing every key up to itself. Each row then attends over a
+        view of its keys with no mask at all.
+    text_kv: None (gather `text_keys` from the layer's keys), or a callable giving the text keys' (keys, values).
     """
 
-    def __init__(self, base_impl: str, text_rows: torch.Tensor, text_keys: torch.Tensor, text_mask: torch.Tensor,
-                 gate: torch.Tensor):
+    def __init__(self, base_impl: str, text_rows: torch.Tensor | None, text_keys: torch.Tensor | None,
+                 text_mask: torch.Tensor | None, gate: torch.Tensor | None, key_limits: list | None = None,
+                 text_kv=None):
         self.base_impl, self.text_rows, self.text_keys = base_impl, text_rows, text_keys
-        self.text_mask, self.gate = text_mask, gate
+        self.text_mask, self.gate, self.key_limits, self.text_kv = text_mask, gate, key_limits, text_kv
 
 
 def _base_attention(module, impl: str):
@@ -128,16 +190,28 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
     alone. g = 0 is the base model; g = 1 is the reference. Other rows (compression, readouts) use A_full.
     Both passes run through the backbone's own implementation, so sdpa and eager give the same result.
     """
-    base = _base_attention(module, comet_read.base_impl if comet_read is not None else None)
-    full, weights = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if comet_read is None:
+    impl = comet_read.base_impl if comet_read is not None else _OUTER.get(id(module.config))
+    base = _base_attention(module, impl)
+    limits = None if comet_read is None else comet_read.key_limits
+    if limits is None:
+        full, weights = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    else:  # row i sees keys [0, limits[i]): one unmasked call per row over a view of its keys
+        full = torch.cat([base(module, query[:, :, i:i + 1], key[:, :, :n], value[:, :, :n], None, dropout=dropout,
+                               scaling=scaling, **kwargs)[0] for i, n in enumerate(limits)], dim=1)
+        weights = None
+    if comet_read is None or comet_read.gate is None:
         return full, weights
-    rows, keys = comet_read.text_rows, comet_read.text_keys
-    text, _ = base(module, query[:, :, rows], key[:, :, keys], value[:, :, keys], comet_read.text_mask,
+    rows = comet_read.text_rows
+    every = rows.numel() == query.shape[2]  # every row is a text row (decoding): no row gather or scatter
+    if comet_read.text_kv is not None:
+        text_k, text_v = comet_read.text_kv()
+    else:
+        text_k, text_v = key[:, :, comet_read.text_keys], value[:, :, comet_read.text_keys]
+    text, _ = base(module, query if every else query[:, :, rows], text_k, text_v, comet_read.text_mask,
                    dropout=dropout, scaling=scaling, **kwargs)
     gate = comet_read.gate.to(full.dtype).view(1, 1, -1, 1)  # full/text: (B, rows, heads, head_dim)
-    mixed = text + gate * (full[:, rows] - text)
-    return full.index_copy(1, rows, mixed), None
+    mixed = text + gate * ((full if every else full[:, rows]) - text)
+    return mixed if every else full.index_copy(1, rows, mixed), None
 
 
 def _register() -> None:
@@ -149,17 +223,28 @@ def _register() -> None:
 _register()
 
 
+_OUTER: dict = {}  # id(config) -> the backbone's own implementation, while a `use_gated_read` block is open
+
+
 class use_gated_read:
     """Within the block, `layer`'s attention module runs `gated_read_attention` (set and restored on its config,
-    which is also how activation-checkpoint recomputation finds it again: the block is inside the recomputed cell)."""
+    which is also how activation-checkpoint recomputation finds it again: the block is inside the recomputed cell).
+    Returns the backbone's own implementation. Blocks nest: an inner block changes nothing (setting a transformers
+    config attribute is slow, so streaming opens one block per segment around every layer), and attention without
+    a `ReadSpec` inside a block runs the backbone's own implementation."""
 
     def __init__(self, layer):
         self.config = layer.self_attn.config
 
     def __enter__(self) -> str:
         self.previous = self.config._attn_implementation
+        if self.previous == GATED_READ:
+            return _OUTER[id(self.config)]
+        _OUTER[id(self.config)] = self.previous
         self.config._attn_implementation = GATED_READ
         return self.previous
 
     def __exit__(self, *exc) -> None:
-        self.config._attn_implementation = self.previous
+        if self.previous != GATED_READ:
+            self.config._attn_implementation = self.previous
+            _OUTER.pop(id(self.config), None)

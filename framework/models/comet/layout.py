@@ -64,6 +64,44 @@ def segment_layout(text_start: int, text_end: int, stride: int, n_readouts: int,
     return SegmentLayout(torch.tensor(kind, dtype=torch.long), torch.tensor(arg, dtype=torch.long))
 
 
+@dataclass(frozen=True)
+class LayoutRows:
+    """Index tensors of a layout's rows on one device (they depend on the row kinds only)."""
+
+    text: torch.Tensor  # (T,) rows that are text tokens
+    comp: torch.Tensor  # compression rows
+    readout: torch.Tensor  # readout rows
+    gather: torch.Tensor  # rows of cat([text, compress, readout]) in layout order
+    is_text: torch.Tensor  # (R,) bool
+    is_comp: torch.Tensor  # (R,) bool
+    n_other: int  # rows that are not text
+    text_index: object  # the text rows as a slice when they are contiguous, else `text`
+
+
+_ROWS: dict = {}
+
+
+def layout_rows(layout: SegmentLayout, device) -> LayoutRows:
+    """The layout's `LayoutRows`, cached by row kinds (a decoding segment is one of a few patterns)."""
+    key = (layout.kind.numpy().tobytes(), str(device))
+    rows = _ROWS.get(key)
+    if rows is None:
+        kind = layout.kind
+        text = layout.rows_of(TEXT)
+        n_text = text.numel()
+        contiguous = n_text == 0 or int(text[-1]) - int(text[0]) + 1 == n_text
+        order = torch.argsort(kind, stable=True)
+        parts = dict(text=text, comp=layout.rows_of(COMPRESS), readout=layout.rows_of(READOUT),
+                     gather=torch.argsort(order), is_text=kind == TEXT, is_comp=kind == COMPRESS)
+        on = {k: v.to(device) for k, v in parts.items()}
+        text_index = slice(int(text[0]), int(text[0]) + n_text) if contiguous and n_text else on["text"]
+        rows = LayoutRows(**on, n_other=int(layout.n_rows - n_text), text_index=text_index)
+        if len(_ROWS) >= 64:
+            _ROWS.clear()
+        _ROWS[key] = rows
+    return rows
+
+
 def row_meta(
     layout: SegmentLayout, stride: int, text_valid: torch.Tensor, text_doc: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

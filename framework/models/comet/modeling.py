@@ -15,13 +15,14 @@ from transformers.utils import ModelOutput
 
 from ..hf_compat import cache_keyword
 
-from .attention import PrefixKV, ReadSpec, memory_kv, segment_mask, use_gated_read
+from .attention import ChunkKV, PrefixKV, ReadSpec, memory_kv, segment_mask, use_gated_read
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
-from .layout import COMPRESS, READOUT, TEXT, SegmentLayout, chunk_plan_layout, last_real_doc, row_meta, segment_layout
+from .layout import READOUT, SegmentLayout, chunk_plan_layout, last_real_doc, layout_rows, row_meta, segment_layout
 from .memory import LayerMemory, LayerMemoryNets, LowRankAdapter, MemoryIndex, fifo_select
 
 COMET_WEIGHTS = "comet.safetensors"
+FEW_ROWS = 4  # segments of at most this many rows (decoding) attend without masks when they can
 COMET_CONFIG = "comet_config.json"
 FORMAT_VERSION = 1
 
@@ -44,6 +45,9 @@ class KeyMeta:
 
     count (B, 1): rows so far that advanced the position (real rows; with neutral_start, not compression rows,
     which share the position of the row before them).
+    n_other: keys that are not text rows (memory, compression, readouts); the layout is shared, so one number.
+    store: set while the meta is the newest prefix of preallocated buffers (streaming): `extend` then writes the
+    new rows in place instead of copying every earlier key.
     """
 
     valid: torch.Tensor
@@ -51,16 +55,60 @@ class KeyMeta:
     pos: torch.Tensor
     text: torch.Tensor
     count: torch.Tensor
+    n_other: int = 0
+    store: "KeyStore | None" = None
+    all_valid: bool | None = None  # every key real (None: not known, look)
 
     @classmethod
-    def memory(cls, valid, doc) -> "KeyMeta":
+    def memory(cls, valid, doc, capacity: int = 0) -> "KeyMeta":
+        """The memory rows' meta; with `capacity`, backed by buffers with room for that many more rows."""
         pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-        return cls(valid, doc, pos, torch.zeros_like(valid), valid.long().sum(dim=1, keepdim=True))
+        meta = cls(valid, doc, pos, torch.zeros_like(valid), valid.long().sum(dim=1, keepdim=True), valid.shape[1],
+                   all_valid=bool(valid.all()))
+        return KeyStore(meta, valid.shape[1] + capacity).meta if capacity else meta
 
-    def extend(self, valid, doc, advance, text) -> "KeyMeta":
+    @property
+    def parts(self) -> tuple:
+        return self.valid, self.doc, self.pos, self.text
+
+    def extend(self, valid, doc, advance, text, n_other: int | None = None) -> "KeyMeta":
+        """The meta with rows appended; n_other: how many of them are not text rows (counted if None)."""
         pos = (self.count + advance.long().cumsum(dim=1) - 1).clamp(min=0)
-        return KeyMeta(torch.cat([self.valid, valid], 1), torch.cat([self.doc, doc], 1), torch.cat([self.pos, pos], 1),
-                       torch.cat([self.text, text], 1), self.count + advance.long().sum(dim=1, keepdim=True))
+        count = self.count + advance.long().sum(dim=1, keepdim=True)
+        if n_other is None:
+            n_other = int((~text).sum(dim=1).max()) if text.numel() else 0
+        parts, n_other = (valid, doc, pos, text), self.n_other + n_other
+        all_valid = None if self.all_valid is None else self.all_valid and bool(valid.all())
+        if self.store is not None and self.store.length == self.valid.shape[1]:
+            return self.store.append(parts, count, n_other, all_valid)
+        return KeyMeta(*(torch.cat([a, b], 1) for a, b in zip(self.parts, parts)), count, n_other,
+                       all_valid=all_valid)
+
+    @property
+    def every_valid(self) -> bool:
+        return self.all_valid if self.all_valid is not None else bool(self.valid.all())
+
+
+class KeyStore:
+    """Preallocated (B, capacity) buffers of per-key meta for one open chunk; they double if ever full."""
+
+    def __init__(self, meta: KeyMeta, capacity: int):
+        self.buffers = [t.new_empty(t.shape[0], max(capacity, t.shape[1])) for t in meta.parts]
+        self.length = 0
+        self.meta = self.append(meta.parts, meta.count, meta.n_other, meta.all_valid)
+
+    def append(self, parts, count, n_other, all_valid) -> KeyMeta:
+        n, r = self.length, parts[0].shape[1]
+        if n + r > self.buffers[0].shape[1]:  # earlier metas keep viewing the old buffers, which stay valid
+            cap = max(2 * self.buffers[0].shape[1], n + r)
+            grown = [b.new_empty(b.shape[0], cap) for b in self.buffers]
+            for new, old in zip(grown, self.buffers):
+                new[:, :n] = old[:, :n]
+            self.buffers = grown
+        for buf, part in zip(self.buffers, parts):
+            buf[:, n:n + r] = part
+        self.length = n + r
+        return KeyMeta(*(b[:, :n + r] for b in self.buffers), count, n_other, self, all_valid)
 
 
 @dataclass
@@ -84,11 +132,28 @@ class SegmentPlan:
     simple: bool  # no padding and no documents: the mask depends on shapes only
     mask_cache: dict
     layout_key: tuple  # (text_start, text_end, close, memory rows): with `simple`, fixes the text-key pattern
+    few: bool = False  # `simple` and at most FEW_ROWS rows (decoding): each row sees every key up to itself
+    max_pos: int | None = None  # highest row position, once asked for
+    text_index: object = None  # the text rows as a slice when they are contiguous, else `text_rows`
     # set when the segment closes its chunk
     fresh: torch.Tensor | None = None
     gate_repeats: torch.Tensor | None = None  # (B,) k of the gated update (training with gate_repeat_max > 1)
     fifo_index: torch.Tensor | None = None
     next_index: MemoryIndex | None = None
+
+    def prefix_only(self, window: int | None) -> bool:
+        """Whether each row sees exactly the keys up to itself: a few rows, every key real, one document, and no
+        sliding window that cuts (the highest position is inside it). Then no mask is built at all."""
+        if not self.few:
+            return False
+        if window is not None and self.max_pos is None:
+            self.max_pos = int(self.positions.max())
+        return window is None or self.max_pos < window
+
+    def key_limits(self) -> list:
+        """With `prefix_only`: how many leading keys each row sees."""
+        n_keys, n_rows = self.keys.valid.shape[1], self.layout.n_rows
+        return list(range(n_keys - n_rows + 1, n_keys + 1))
 
     def mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         key = (window, dtype)
@@ -108,7 +173,7 @@ class SegmentPlan:
     @property
     def reads_non_text(self) -> bool:
         """Whether any key is a memory or compression row (else text rows see text only, gated or not)."""
-        return not bool(self.keys.text.all())
+        return self.keys.n_other > 0
 
     @property
     def text_keys(self) -> torch.Tensor:
@@ -275,42 +340,49 @@ class CoMeTForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ planning
     def _plan(self, text_start, text_end, close, text_valid, text_doc, index: MemoryIndex,
-              prior: KeyMeta | None, comp_meta=None, mask_cache=None) -> SegmentPlan:
+              prior: KeyMeta | None, comp_meta=None, mask_cache=None, capacity: int = 0,
+              uniform_text: bool = False) -> SegmentPlan:
         """Plan a segment of the chunk whose text so far is described by text_valid/text_doc (B, n).
 
         prior: key meta of the chunk so far (None: this segment opens the chunk).
         comp_meta: (valid, doc) of the chunk's earlier compression rows, when closing in several segments.
+        capacity: when opening a chunk, room for that many rows in the key meta's buffers (streaming: later
+            segments then extend it in place).
+        uniform_text: every text token is real and of document 0 (streaming): every row is then real and of
+            document 0 too, without reading the chunk's text meta.
         """
         cfg = self.config
         batch, device = text_valid.shape[0], text_valid.device
         n_read = cfg.global_mem_size if close else 0
         layout = segment_layout(text_start, text_end, self._stride, n_read, close)
-        valid, doc = row_meta(layout, self._stride, text_valid, text_doc)
+        rows = layout_rows(layout, device)
+        if uniform_text:
+            valid = torch.ones(batch, layout.n_rows, dtype=torch.bool, device=device)
+            doc = torch.zeros(batch, layout.n_rows, dtype=text_doc.dtype, device=device)
+        else:
+            valid, doc = row_meta(layout, self._stride, text_valid, text_doc)
         mem_cos = mem_sin = None
         if prior is None:
-            prior = KeyMeta.memory(*index.row_meta(cfg.global_mem_size, batch, device))
+            prior = KeyMeta.memory(*index.row_meta(cfg.global_mem_size, batch, device), capacity=capacity)
             if prior.valid.shape[1]:
                 mem_cos, mem_sin = self._rope(prior.pos)
-        n_mem = int((~prior.text).sum(dim=1).max()) if prior.text.numel() else 0
-        is_text = (layout.kind == TEXT).to(device).expand(batch, -1)
-        advance = valid & (layout.kind != COMPRESS).to(device) if cfg.neutral_start else valid
-        keys = prior.extend(valid, doc, advance, is_text)
+        n_mem = prior.n_other
+        is_text = rows.is_text.expand(batch, -1)
+        advance = valid & ~rows.is_comp if cfg.neutral_start else valid
+        keys = prior.extend(valid, doc, advance, is_text, rows.n_other)
         positions = keys.pos[:, -layout.n_rows:]
         cos, sin = self._rope(positions)
-        kind = layout.kind
-        order = torch.argsort(kind, stable=True)
+        simple = keys.every_valid and not cfg.reset_memory_at_doc_boundaries
         plan = SegmentPlan(
             layout=layout, keys=keys, positions=positions, cos=cos, sin=sin, mem_cos=mem_cos, mem_sin=mem_sin,
-            text_rows=layout.rows_of(TEXT).to(device), comp_rows=layout.rows_of(COMPRESS).to(device),
-            readout_rows=layout.rows_of(READOUT).to(device), row_valid=valid, row_doc=doc,
-            gather_rows=torch.argsort(order).to(device), masks={},
-            simple=bool(keys.valid.all()) and not cfg.reset_memory_at_doc_boundaries,
+            text_rows=rows.text, comp_rows=rows.comp, readout_rows=rows.readout, row_valid=valid, row_doc=doc,
+            gather_rows=rows.gather, masks={}, simple=simple,
             mask_cache=mask_cache if mask_cache is not None else {},
             layout_key=(text_start, text_end, close, n_mem),
+            few=simple and layout.n_rows <= FEW_ROWS, text_index=rows.text_index,
         )
         if close:
-            comp = layout.kind == COMPRESS
-            cv, cd = valid[:, comp.to(device)], doc[:, comp.to(device)]
+            cv, cd = valid[:, rows.is_comp], doc[:, rows.is_comp]
             if comp_meta is not None:
                 cv, cd = torch.cat([comp_meta[0], cv], 1), torch.cat([comp_meta[1], cd], 1)
             self._plan_close(plan, index, cv, cd, last_real_doc(text_valid, text_doc))
@@ -351,33 +423,55 @@ class CoMeTForCausalLM(nn.Module):
     # ------------------------------------------------------------------ one layer, one segment
     def _embed_rows(self, plan: SegmentPlan, text_embeds: torch.Tensor) -> torch.Tensor:
         batch, _, dim = text_embeds.shape
+        if plan.comp_rows.numel() == 0 and plan.readout_rows.numel() == 0:
+            return text_embeds
         n_comp, read = plan.comp_rows.numel(), plan.layout.args_of(READOUT).to(text_embeds.device)
         parts = [text_embeds,
                  self.compress_embed.expand(batch, n_comp, dim),
                  self.readout_embed[read].expand(batch, read.numel(), dim)]
         return torch.cat(parts, dim=1)[:, plan.gather_rows]
 
-    def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV) -> torch.Tensor:
+    def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV | ChunkKV) -> torch.Tensor:
         layer = self.layers[layer_idx]
         window = layer_window(self.backbone, layer)
-        mask = plan.mask(window, x.dtype)
+        prefix = plan.prefix_only(window)  # decoding: no mask, each row attends over a view of the keys it sees
+        mask = None if prefix else plan.mask(window, x.dtype)
+        limits = plan.key_limits() if prefix and plan.layout.n_rows > 1 else None
+        n_text = plan.text_rows.numel()
+        streaming = isinstance(cache, ChunkKV)
+        if streaming:
+            cache.text_rows = plan.text_index if n_text else None
         kwargs = {cache_keyword(layer): cache}
         gate = self.memory_nets[layer_idx].read_gate
-        if gate is None or not plan.reads_non_text or plan.text_rows.numel() == 0:
+        gate = None if gate is None else gate * self.config.read_gate_scale
+        gated = gate is not None and plan.reads_non_text and n_text > 0
+        if not gated and limits is None:
             out = layer(x, attention_mask=mask, position_ids=plan.positions, position_embeddings=(plan.cos, plan.sin),
                         use_cache=False, **kwargs)
         else:
             with use_gated_read(layer) as impl:
-                read = ReadSpec(impl, plan.text_rows, plan.text_keys, plan.text_mask(window, x.dtype), gate)
+                read = ReadSpec(impl, None, None, None, None, key_limits=limits)
+                if gated:
+                    # a single text row in a prefix-only segment is the newest text key: it sees every text key
+                    text_mask = None if prefix and n_text == 1 else plan.text_mask(window, x.dtype)
+                    text_kv = cache.text_kv if streaming and cache.track_text else None
+                    read = ReadSpec(impl, plan.text_rows, None if text_kv else plan.text_keys, text_mask, gate,
+                                    key_limits=limits, text_kv=text_kv)
                 out = layer(x, attention_mask=mask, position_ids=plan.positions,
                             position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def _prefix(self, layer_idx: int, mem: LayerMemory, plan: SegmentPlan, keep: bool) -> PrefixKV:
+    def _prefix(self, layer_idx: int, mem: LayerMemory, plan: SegmentPlan, keep: bool,
+                capacity: int = 0) -> PrefixKV | ChunkKV:
+        """The memory rows' K/V for one layer. keep=True (streaming): a `ChunkKV` with room for `capacity` rows
+        after the memory rows, keeping the text rows' K/V apart when the layer has a read gate."""
         rows = mem.rows()
-        if rows is None:
-            return PrefixKV(None, None, keep)
-        return PrefixKV(*memory_kv(self.layers[layer_idx], rows, plan.mem_cos, plan.mem_sin), keep)
+        kv = (None, None) if rows is None else memory_kv(self.layers[layer_idx], rows, plan.mem_cos, plan.mem_sin)
+        if keep:
+            n_mem = 0 if rows is None else rows.shape[1]
+            track = self.memory_nets[layer_idx].read_gate is not None
+            return ChunkKV(*kv, n_mem + capacity, track_text=track, text_capacity=self.config.chunk_size)
+        return PrefixKV(*kv, keep)
 
     def _next_memory(self, layer_idx: int, readouts, compressed, mem: LayerMemory, plan: SegmentPlan) -> LayerMemory:
         nets = self.memory_nets[layer_idx]

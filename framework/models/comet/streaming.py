@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .attention import use_gated_read
 from .memory import LayerMemory, MemoryIndex
 
 
@@ -22,7 +23,7 @@ class OpenChunk:
     text_valid: torch.Tensor  # (B, n) per text token so far
     text_doc: torch.Tensor
     keys: object = None  # KeyMeta of memory rows + rows so far
-    caches: list = field(default_factory=list)  # per layer PrefixKV(keep=True)
+    caches: list = field(default_factory=list)  # per layer ChunkKV
     comp_outputs: list = field(default_factory=list)  # per layer, list of (B, k, d)
     comp_valid: torch.Tensor | None = None
     comp_doc: torch.Tensor | None = None
@@ -42,6 +43,7 @@ class CoMeTStream:
         self.open: OpenChunk | None = None
         self.tokens_seen = 0
         self._mask_cache: dict = {}
+        self._chunk_valid = self._chunk_doc = None  # (B, chunk_size) text meta of the open chunk
 
     @torch.no_grad()
     def feed(self, input_ids: torch.Tensor, logits: str | None = "last") -> torch.Tensor | None:
@@ -76,6 +78,12 @@ class CoMeTStream:
         device = self.model.device
         return torch.ones(batch, n, dtype=torch.bool, device=device), torch.zeros(batch, n, dtype=torch.long, device=device)
 
+    def _chunk_rows(self) -> int:
+        """The most rows a chunk holds besides memory: text, compression tokens, readouts."""
+        cfg = self.model.config
+        stride = self.model._stride
+        return cfg.chunk_size + (-(-cfg.chunk_size // stride) if stride > 0 else 0) + cfg.global_mem_size
+
     def _whole_chunk(self, embeds):
         """A full chunk with more text after it: the training cell, nothing cached."""
         model = self.model
@@ -91,24 +99,30 @@ class CoMeTStream:
         """Add text rows (and the compression tokens they complete) to the open chunk."""
         model = self.model
         batch, take = embeds.shape[:2]
-        valid, doc = self._text_meta(batch, take)
         if self.open is None:
-            self.open = OpenChunk(valid[:, :0], doc[:, :0], comp_valid=valid[:, :0], comp_doc=doc[:, :0],
-                                  comp_outputs=[[] for _ in model.layers])
+            # the stream's text is all real tokens of one document: the chunk's text meta are views of these
+            self._chunk_valid, self._chunk_doc = self._text_meta(batch, model.config.chunk_size)
+            self.open = OpenChunk(self._chunk_valid[:, :0], self._chunk_doc[:, :0], comp_valid=self._chunk_valid[:, :0],
+                                  comp_doc=self._chunk_doc[:, :0], comp_outputs=[[] for _ in model.layers])
         oc = self.open
         start = oc.n_text
-        oc.text_valid, oc.text_doc = torch.cat([oc.text_valid, valid], 1), torch.cat([oc.text_doc, doc], 1)
-        plan = model._plan(start, start + take, False, oc.text_valid, oc.text_doc, self.index, oc.keys)
-        x = model._embed_rows(plan, embeds)
+        oc.text_valid, oc.text_doc = self._chunk_valid[:, :start + take], self._chunk_doc[:, :start + take]
         opening = not oc.caches
-        for layer_idx in range(len(model.layers)):
-            if opening:
-                oc.caches.append(model._prefix(layer_idx, self.memory[layer_idx], plan, keep=True))
-            x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
-            oc.comp_outputs[layer_idx].append(x[:, plan.comp_rows])
+        plan = model._plan(start, start + take, False, oc.text_valid, oc.text_doc, self.index, oc.keys,
+                           capacity=self._chunk_rows() if opening else 0, uniform_text=True)
+        x = model._embed_rows(plan, embeds)
         comp = plan.comp_rows
-        oc.comp_valid = torch.cat([oc.comp_valid, plan.row_valid[:, comp]], 1)
-        oc.comp_doc = torch.cat([oc.comp_doc, plan.row_doc[:, comp]], 1)
+        with use_gated_read(model.layers[0]):  # one switch of the attention implementation for every layer
+            for layer_idx in range(len(model.layers)):
+                if opening:
+                    oc.caches.append(model._prefix(layer_idx, self.memory[layer_idx], plan, keep=True,
+                                                   capacity=self._chunk_rows()))
+                x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+                if comp.numel():
+                    oc.comp_outputs[layer_idx].append(x[:, comp])
+        if comp.numel():
+            oc.comp_valid = torch.cat([oc.comp_valid, plan.row_valid[:, comp]], 1)
+            oc.comp_doc = torch.cat([oc.comp_doc, plan.row_doc[:, comp]], 1)
         oc.keys = plan.keys
         return x, plan
 
@@ -117,15 +131,16 @@ class CoMeTStream:
         model, oc = self.model, self.open
         n = oc.n_text
         plan = model._plan(n, n, True, oc.text_valid, oc.text_doc, self.index, oc.keys,
-                           comp_meta=(oc.comp_valid, oc.comp_doc))
+                           comp_meta=(oc.comp_valid, oc.comp_doc), uniform_text=True)
         x = model._embed_rows(plan, model.compress_embed.new_zeros(oc.text_valid.shape[0], 0, model.compress_embed.shape[0]))
-        for layer_idx in range(len(model.layers)):
-            # nothing to add when the last group is complete and there are no readouts (global_mem_size=0)
-            if plan.layout.n_rows:
-                x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
-            compressed = torch.cat(oc.comp_outputs[layer_idx] + [x[:, plan.comp_rows]], dim=1)
-            self.memory[layer_idx] = model._next_memory(
-                layer_idx, x[:, plan.readout_rows], compressed, self.memory[layer_idx], plan)
+        with use_gated_read(model.layers[0]):
+            for layer_idx in range(len(model.layers)):
+                # nothing to add when the last group is complete and there are no readouts (global_mem_size=0)
+                if plan.layout.n_rows:
+                    x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+                compressed = torch.cat(oc.comp_outputs[layer_idx] + [x[:, plan.comp_rows]], dim=1)
+                self.memory[layer_idx] = model._next_memory(
+                    layer_idx, x[:, plan.readout_rows], compressed, self.memory[layer_idx], plan)
         self.index = plan.next_index
         self.open = None
 
