@@ -93,6 +93,14 @@ def make_namespace(R: Node) -> dict[str, Any]:
                  f"run on {m['date']}" if m.get("date") else None]
         return ", ".join(p for p in parts if p)
 
+    def smollm2_lm_flat_table() -> str:
+        rows = [[f"{r['length']:,}", str(r["docs"]), f"{r['tokens']:,}", _n(r["comet_ppl"], ".2f"),
+                 _n(r["base_window_ppl"], ".2f"),
+                 _n(r["base_full_ppl"], ".2f") if r["base_full_ppl"] is not None else "beyond its 8,192 positions",
+                 _n(r["comet_over_base_window"], ".3f")] for r in R.smollm2_lm_flat.rows.raw()]
+        return _table(["document length", "documents", "tokens scored", "CoMeT", "base, 512-token windows",
+                       "base, full context", "CoMeT / windows"], rows)
+
     def comet_memory_table() -> str:
         rows = []
         for r in R.comet_memory.rows.raw():
@@ -262,6 +270,7 @@ def make_namespace(R: Node) -> dict[str, Any]:
         return next(r[key] for r in R[name].raw()["results"] if r["method"] == method and r["length"] == length)
 
     return {"R": R, "machine": machine, "comet_memory_table": comet_memory_table,
+            "smollm2_lm_flat_table": smollm2_lm_flat_table,
             "efficiency_table": efficiency_table, "efficiency": efficiency, "pipeline_table": pipeline_table,
             "recipe_times_table": recipe_times_table,
             "swat_length_table": swat_length_table, "passkey_table": passkey_table, "data_table": data_table,
