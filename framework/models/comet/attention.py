@@ -9,7 +9,10 @@ position) and prepend them to the chunk's own K/V.
 
 from __future__ import annotations
 
+import sys
+
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 class PrefixKV:
@@ -170,11 +173,8 @@ class ReadSpec:
 
 
 def _base_attention(module, impl: str):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
+    """The backbone's own attention function (called per layer: no imports here)."""
     if impl in (None, "eager") or impl not in ALL_ATTENTION_FUNCTIONS:
-        import sys
-
         return sys.modules[type(module).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS[impl]
 

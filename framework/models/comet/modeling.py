@@ -177,8 +177,11 @@ class SegmentPlan:
 
     @property
     def text_keys(self) -> torch.Tensor:
-        """(K_text,) indices of the text keys (the same in every sequence of the batch: the layout is shared)."""
-        return self.keys.text[0].nonzero().flatten()
+        """(K_text,) indices of the text keys (the same in every sequence of the batch: the layout is shared).
+        Found once per segment, not once per layer."""
+        if "text_keys" not in self.masks:
+            self.masks["text_keys"] = self.keys.text[0].nonzero().flatten()
+        return self.masks["text_keys"]
 
     def text_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask (B, 1, text rows, text keys): what a text row sees when it reads text keys only."""
