@@ -14,6 +14,8 @@ import sys
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .split_attention import split_attention
+
 
 class PrefixKV:
     """The one method of an HF `Cache` that a decoder layer calls: `update`.
@@ -163,13 +165,17 @@ class ReadSpec:
         rows, all keys real and of one document, each row seeing every key up to itself. Each row then attends over a
         view of its keys with no mask at all.
     text_kv: None (gather `text_keys` from the layer's keys), or a callable giving the text keys' (keys, values).
+    split: every row sees every key before the segment and the segment's keys up to itself, and so does every text
+        row among the text keys (then attention_mask and text_mask are None): both passes run as `split_attention`,
+        with no mask at all.
     """
 
     def __init__(self, base_impl: str, text_rows: torch.Tensor | None, text_keys: torch.Tensor | None,
                  text_mask: torch.Tensor | None, gate: torch.Tensor | None, key_limits: list | None = None,
-                 text_kv=None):
+                 text_kv=None, split: bool = False):
         self.base_impl, self.text_rows, self.text_keys = base_impl, text_rows, text_keys
         self.text_mask, self.gate, self.key_limits, self.text_kv = text_mask, gate, key_limits, text_kv
+        self.split = split
 
 
 def _base_attention(module, impl: str):
@@ -193,7 +199,10 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
     impl = comet_read.base_impl if comet_read is not None else _OUTER.get(id(module.config))
     base = _base_attention(module, impl)
     limits = None if comet_read is None else comet_read.key_limits
-    if limits is None:
+    split = comet_read is not None and comet_read.split
+    if split:
+        full, weights = split_attention(module, query, key, value, scaling), None
+    elif limits is None:
         full, weights = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     else:  # row i sees keys [0, limits[i]): one unmasked call per row over a view of its keys
         full = torch.cat([base(module, query[:, :, i:i + 1], key[:, :, :n], value[:, :, :n], None, dropout=dropout,
@@ -207,8 +216,12 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
         text_k, text_v = comet_read.text_kv()
     else:
         text_k, text_v = key[:, :, comet_read.text_keys], value[:, :, comet_read.text_keys]
-    text, _ = base(module, query if every else query[:, :, rows], text_k, text_v, comet_read.text_mask,
-                   dropout=dropout, scaling=scaling, **kwargs)
+    text_q = query if every else query[:, :, rows]
+    if split:
+        text = split_attention(module, text_q, text_k, text_v, scaling)
+    else:
+        text, _ = base(module, text_q, text_k, text_v, comet_read.text_mask, dropout=dropout, scaling=scaling,
+                       **kwargs)
     gate = comet_read.gate.to(full.dtype).view(1, 1, -1, 1)  # full/text: (B, rows, heads, head_dim)
     mixed = text + gate * ((full if every else full[:, rows]) - text)
     return mixed if every else full.index_copy(1, rows, mixed), None
@@ -224,6 +237,13 @@ _register()
 
 
 _OUTER: dict = {}  # id(config) -> the backbone's own implementation, while a `use_gated_read` block is open
+
+
+def base_implementation(layer) -> str | None:
+    """The backbone's own attention implementation for `layer`, also inside a `use_gated_read` block."""
+    config = layer.self_attn.config
+    impl = config._attn_implementation
+    return _OUTER.get(id(config)) if impl == GATED_READ else impl
 
 
 class use_gated_read:

@@ -14,12 +14,15 @@ from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 from ..hf_compat import cache_keyword
+from ..linear_cross_entropy import fusable, linear_cross_entropy
 
-from .attention import ChunkKV, PrefixKV, ReadSpec, memory_kv, segment_mask, use_gated_read
+from .attention import ChunkKV, PrefixKV, ReadSpec, base_implementation, memory_kv, segment_mask, use_gated_read
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
+from .decode_head import few_row_logits
 from .layout import READOUT, SegmentLayout, chunk_plan_layout, last_real_doc, layout_rows, row_meta, segment_layout
 from .memory import LayerMemory, LayerMemoryNets, LowRankAdapter, MemoryIndex, fifo_select
+from .split_attention import split_available
 
 COMET_WEIGHTS = "comet.safetensors"
 FEW_ROWS = 4  # segments of at most this many rows (decoding) attend without masks when they can
@@ -141,14 +144,18 @@ class SegmentPlan:
     fifo_index: torch.Tensor | None = None
     next_index: MemoryIndex | None = None
 
-    def prefix_only(self, window: int | None) -> bool:
-        """Whether each row sees exactly the keys up to itself: a few rows, every key real, one document, and no
-        sliding window that cuts (the highest position is inside it). Then no mask is built at all."""
-        if not self.few:
+    def unmasked(self, window: int | None) -> bool:
+        """Whether each row sees every key up to itself: every key real, one document, and no sliding window that
+        cuts (the highest position is inside it). Then attention needs no mask."""
+        if not self.simple:
             return False
         if window is not None and self.max_pos is None:
             self.max_pos = int(self.positions.max())
         return window is None or self.max_pos < window
+
+    def prefix_only(self, window: int | None) -> bool:
+        """`unmasked` and a few rows (decoding): each row attends over a view of its keys, no mask built at all."""
+        return self.few and self.unmasked(window)
 
     def key_limits(self) -> list:
         """With `prefix_only`: how many leading keys each row sees."""
@@ -438,7 +445,8 @@ class CoMeTForCausalLM(nn.Module):
         layer = self.layers[layer_idx]
         window = layer_window(self.backbone, layer)
         prefix = plan.prefix_only(window)  # decoding: no mask, each row attends over a view of the keys it sees
-        mask = None if prefix else plan.mask(window, x.dtype)
+        split = not prefix and plan.unmasked(window) and self._splits(layer, x)  # no mask: earlier keys + causal
+        mask = None if prefix or split else plan.mask(window, x.dtype)
         limits = plan.key_limits() if prefix and plan.layout.n_rows > 1 else None
         n_text = plan.text_rows.numel()
         streaming = isinstance(cache, ChunkKV)
@@ -448,21 +456,27 @@ class CoMeTForCausalLM(nn.Module):
         gate = self.memory_nets[layer_idx].read_gate
         gate = None if gate is None else gate * self.config.read_gate_scale
         gated = gate is not None and plan.reads_non_text and n_text > 0
-        if not gated and limits is None:
+        if not gated and limits is None and not split:
             out = layer(x, attention_mask=mask, position_ids=plan.positions, position_embeddings=(plan.cos, plan.sin),
                         use_cache=False, **kwargs)
         else:
             with use_gated_read(layer) as impl:
-                read = ReadSpec(impl, None, None, None, None, key_limits=limits)
+                read = ReadSpec(impl, None, None, None, None, key_limits=limits, split=split)
                 if gated:
                     # a single text row in a prefix-only segment is the newest text key: it sees every text key
-                    text_mask = None if prefix and n_text == 1 else plan.text_mask(window, x.dtype)
+                    text_mask = None if split or (prefix and n_text == 1) else plan.text_mask(window, x.dtype)
                     text_kv = cache.text_kv if streaming and cache.track_text else None
                     read = ReadSpec(impl, plan.text_rows, None if text_kv else plan.text_keys, text_mask, gate,
-                                    key_limits=limits, text_kv=text_kv)
+                                    key_limits=limits, text_kv=text_kv, split=split)
                 out = layer(x, attention_mask=mask, position_ids=plan.positions,
                             position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out
+
+    def _splits(self, layer, x: torch.Tensor) -> bool:
+        """Whether this layer's unmasked attention may run as `split_attention`: the backbone uses sdpa (eager stays
+        the plain reference path), the device has the fused kernel, and no attention dropout is active."""
+        dropout = self.training and getattr(layer.self_attn, "attention_dropout", 0.0) > 0
+        return not dropout and split_available(x.device) and base_implementation(layer) == "sdpa"
 
     def _prefix(self, layer_idx: int, mem: LayerMemory, plan: SegmentPlan, keep: bool,
                 capacity: int = 0) -> PrefixKV | ChunkKV:
@@ -506,9 +520,16 @@ class CoMeTForCausalLM(nn.Module):
     # ------------------------------------------------------------------ output head
     def _logits(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Next-token logits at the given rows of a segment's final hidden states."""
-        return self.backbone.lm_head(self.backbone.model.norm(x[:, rows]))
+        return few_row_logits(self.backbone.lm_head, self.backbone.model.norm(x[:, rows]), FEW_ROWS)
 
     def _head(self, x, plan: SegmentPlan, targets, want_logits: bool):
+        lm_head = self.backbone.lm_head
+        if targets is not None and not want_logits and fusable(lm_head):
+            # the loss a block of rows at a time, no logits kept; only where a label is
+            labelled = targets != -100
+            hidden = self.backbone.model.norm(x[:, plan.text_rows][labelled])
+            return linear_cross_entropy(hidden, lm_head, targets[labelled]), None
+
         def head(x):
             if targets is not None and not want_logits:
                 # the LM head only where a label is: answer-only losses skip almost all of the vocab matmul
