@@ -1,8 +1,8 @@
-"""CoMeT speed at the paper-shaped configuration: prefill, decoding and training time. Prints one JSON object.
+"""CoMeT speed and memory at the paper-shaped configuration: prefill, decoding, training. Prints one JSON object.
 
     python benchmarks/comet_speed.py                          # a few minutes on 2 CPU cores
-    python benchmarks/comet_speed.py --profile                # also the top profiler entries of each phase
-    python benchmarks/comet_speed.py --prefill-chunks 2 --decode-tokens 16 --train-chunks 2   # quicker
+    python benchmarks/comet_speed.py --profile --out benchmarks/results/comet_speed.json   # the docs' figures
+    python benchmarks/comet_speed.py --prefill-chunks 2 --decode-tokens 16 --train-chunks 2 --no-memory   # quicker
 
 The backbone is a random Qwen3 (hidden 256, intermediate 768, 4 layers, 4 heads, 2 KV heads, head_dim 64,
 vocab 32768, fp32, sdpa), the shape the official code was timed at; CoMeT uses the paper's configuration (chunk
@@ -16,8 +16,22 @@ vocab 32768, fp32, sdpa), the shape the official code was timed at; CoMeT uses t
   memory update) and opens a new one (memory K/V), in seconds; spread over a chunk it adds close_s / 2048 per token;
 - training: forward + backward over --train-chunks chunks with activation checkpointing, seconds per chunk.
 
+Memory (skipped with --no-memory) is measured after the timings, each figure in a fresh child process (this
+script run again with a hidden --child option), as the peak resident set above a baseline: the RSS (VmRSS) at
+that point, where the peak (VmHWM) is reset, so each peak is that measurement's own. Not getrusage's ru_maxrss,
+which a child inherits from this process and which cannot be reset; it is the fallback where there is no /proc
+(peak_measure in the JSON says which was used).
+- training.peak_above_model_mb: the model of the training phase is built and takes one 64-token warm-up step
+  (forward + backward, gradients zeroed in place, so the gradient buffers exist); then one step over
+  --train-chunks chunks: its peak RSS minus the RSS after the warm-up (training.rss_after_warmup_mb);
+- inference_memory: per --memory-lengths length [32768,131072; 256,1024 with --tiny], the model is built and
+  the prompt fed to `stream.feed` (logits="last") in pieces of 4 chunks, made piece by piece, so nothing holds
+  the whole prompt: peak RSS minus the RSS after loading; growth_mb is the longest length's figure minus the
+  shortest's (flat memory: about 0).
+On a CUDA --device the children also report the CUDA allocator's peak above the same points (cuda_*_mb).
+
 With --profile each phase runs once more under torch.profiler (the timings above stay unprofiled) and its top
-entries by self CPU time go to stderr and into the JSON.
+entries by self CPU time go to stderr and into the JSON. --out also writes the JSON to a file.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 
@@ -45,8 +61,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prefill-chunks", type=int, default=9,
                    help="whole chunks before decoding [9: the temporary memory is full from the 9th chunk on]")
-    p.add_argument("--open-tokens", type=int, default=1024, help="tokens of the open chunk before decoding")
-    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--open-tokens", type=int, default=None,
+                   help="tokens of the open chunk before decoding [1024; 16 with --tiny]")
+    p.add_argument("--decode-tokens", type=int, default=None, help="[64; 8 with --tiny]")
     p.add_argument("--train-chunks", type=int, default=8, help="chunks in the training step (0 skips training)")
     p.add_argument("--threads", type=int, default=None, help="torch threads [every core]")
     p.add_argument("--device", default="cpu")
@@ -54,7 +71,26 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="a tiny backbone and chunks of 64 (for tests)")
     p.add_argument("--profile", action="store_true", help="also profile each phase (top entries to stderr)")
     p.add_argument("--profile-rows", type=int, default=12)
-    return p.parse_args(argv)
+    p.add_argument("--memory-lengths", default=None,
+                   help="prompt lengths of the inference memory, comma-separated [32768,131072; 256,1024 with --tiny]")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements (no child processes)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--child", choices=["training-memory", "inference-memory"], help=argparse.SUPPRESS)
+    p.add_argument("--length", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.open_tokens is None:
+        args.open_tokens = 16 if args.tiny else 1024
+    if args.decode_tokens is None:
+        args.decode_tokens = 8 if args.tiny else 64
+    if args.memory_lengths is None:
+        args.memory_lengths = "256,1024" if args.tiny else "32768,131072"
+    try:
+        args.memory_lengths = [int(x) for x in args.memory_lengths.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--memory-lengths takes comma-separated token counts, not {args.memory_lengths!r}")
+    if any(n < 1 for n in args.memory_lengths):
+        p.error("--memory-lengths must be positive")
+    return args
 
 
 def machine(torch, device: str) -> dict:
@@ -104,6 +140,181 @@ def profiled(torch, fn, rows: int, label: str) -> list:
     with profile(activities=activities) as prof:
         fn()
     return top_entries(prof, rows, label)
+
+
+# ---- memory: each figure in a fresh child process (this script with --child), so each peak is its own ----------
+
+def _status_mb(field: str) -> float | None:
+    """A `VmXXX` line of /proc/self/status in MB; None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _ru_maxrss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def rss_mb() -> float:
+    """This process's resident set now (VmRSS), in MB; its peak so far where there is no /proc."""
+    now = _status_mb("VmRSS")
+    return _ru_maxrss_mb() if now is None else now
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) since `reset_peak_rss()`, in MB.
+
+    Not ru_maxrss where /proc exists: a process started by subprocess inherits its parent's peak in ru_maxrss
+    (exec keeps the old address space's high-water mark), and ru_maxrss cannot be reset; VmHWM is this
+    address space's own, and writing 5 to /proc/self/clear_refs resets it to the RSS now.
+    """
+    peak = _status_mb("VmHWM")
+    return _ru_maxrss_mb() if peak is None else peak
+
+
+def reset_peak_rss() -> str:
+    """Restart the peak at the RSS now; returns how `peak_rss_mb()` measures from here (into the JSON)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return "VmHWM, reset at the baseline"
+    except OSError:
+        return "VmHWM since the process started" if _status_mb("VmHWM") is not None else \
+            "ru_maxrss since the process started"
+
+
+class CudaPeak:
+    """The CUDA allocator's peak above the allocation at `start()`, in MB; nothing on CPU."""
+
+    def __init__(self, torch, device: str):
+        self.torch, self.on = torch, device.startswith("cuda")
+
+    def start(self):
+        if self.on:
+            self.torch.cuda.synchronize()
+            self.base = self.torch.cuda.memory_allocated()
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def above(self) -> float:
+        self.torch.cuda.synchronize()
+        return (self.torch.cuda.max_memory_allocated() - self.base) / 2**20
+
+
+def child_training_memory(args) -> dict:
+    """The training phase's model, a 64-token warm-up step, then one step over --train-chunks chunks."""
+    import gc
+
+    import torch
+
+    from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
+
+    shape = TINY if args.tiny else PAPER
+    vocab, chunk = shape["vocab"], shape["comet"]["chunk_size"]
+    model = CoMeTForCausalLM.from_base(build_backbone(shape, args.device), CoMeTConfig(
+        **shape["comet"], neutral_start=not args.reference, gradient_checkpointing=True)).train()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, args.train_chunks * chunk), generator=gen).to(args.device)
+    gc.collect()
+    after_build = rss_mb()
+    warm = ids[:, :64]
+    model(input_ids=warm, labels=warm, return_logits=False).loss.backward()
+    model.zero_grad(set_to_none=False)  # the gradient buffers exist: the model's own training memory
+    gc.collect()
+    measure = reset_peak_rss()
+    after_warmup = rss_mb()  # after the reset, so the peak from here is never below it
+    cuda = CudaPeak(torch, args.device)
+    cuda.start()
+    model(input_ids=ids, labels=ids, return_logits=False).loss.backward()
+    out = {"rss_after_build_mb": after_build, "rss_after_warmup_mb": after_warmup, "peak_measure": measure}
+    if cuda.on:
+        out["cuda_peak_above_model_mb"] = cuda.above()
+    peak = peak_rss_mb()
+    out.update(peak_rss_mb=peak, peak_above_model_mb=peak - after_warmup)
+    return out
+
+
+def child_inference_memory(args) -> dict:
+    """The prefill model, then a prompt of --length tokens fed in pieces of 4 chunks, each made when it is fed."""
+    import gc
+
+    import torch
+
+    from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
+
+    shape = TINY if args.tiny else PAPER
+    vocab, chunk = shape["vocab"], shape["comet"]["chunk_size"]
+    model = CoMeTForCausalLM.from_base(build_backbone(shape, args.device), CoMeTConfig(
+        **shape["comet"], neutral_start=not args.reference)).eval()
+    gc.collect()
+    measure = reset_peak_rss()
+    after_load = rss_mb()  # after the reset, so the peak from here is never below it
+    cuda = CudaPeak(torch, args.device)
+    cuda.start()
+    piece, gen = 4 * chunk, torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    with torch.no_grad():
+        stream = model.stream()
+        for begin in range(0, args.length, piece):
+            ids = torch.randint(0, vocab, (1, min(piece, args.length - begin)), generator=gen).to(args.device)
+            stream.feed(ids, logits="last")
+    out = {"tokens": args.length, "piece_tokens": piece, "rss_after_load_mb": after_load, "peak_measure": measure}
+    if cuda.on:
+        out["cuda_peak_above_load_mb"] = cuda.above()
+    peak = peak_rss_mb()
+    out.update(peak_rss_mb=peak, peak_above_load_mb=peak - after_load, prefill_seconds=time.perf_counter() - start)
+    return out
+
+
+def child(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child == "training-memory":
+        return child_training_memory(args)
+    if args.length < 1:
+        raise SystemExit("--child inference-memory needs --length N")
+    return child_inference_memory(args)
+
+
+def spawn(args, kind: str, *extra: str) -> dict:
+    """Run this script as `--child kind` in a fresh process; its last stdout line is its JSON."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--device", args.device,
+           "--train-chunks", str(args.train_chunks), *extra]
+    cmd += (["--tiny"] if args.tiny else []) + (["--reference"] if args.reference else []) + (
+        ["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            out = json.loads(lines[-1])
+            print(f"[comet_speed] {kind} {' '.join(extra)}: {json.dumps(out)}", file=sys.stderr, flush=True)
+            return out
+        except json.JSONDecodeError:
+            pass
+    how = (f"was killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else
+           f"exited with status {proc.returncode}" if proc.returncode else "printed no JSON line")
+    tail = "\n".join(proc.stderr.strip().splitlines()[-20:]) or "(empty)"
+    raise SystemExit(f"comet_speed: the memory child `{' '.join(cmd[1:])}` {how}; its stderr ends with:\n{tail}")
+
+
+def memory(args, result: dict) -> None:
+    """The memory figures, one child process each, into `result` (training, inference_memory)."""
+    if args.train_chunks:
+        result["training"].update(spawn(args, "training-memory"))
+    if args.memory_lengths:
+        rows = [spawn(args, "inference-memory", "--length", str(n)) for n in sorted(set(args.memory_lengths))]
+        lo, hi = rows[0], rows[-1]
+        result["inference_memory"] = {"rows": rows, "shortest": lo["tokens"], "longest": hi["tokens"],
+                                      "growth_mb": hi["peak_above_load_mb"] - lo["peak_above_load_mb"]}
+        if "cuda_peak_above_load_mb" in lo:
+            result["inference_memory"]["cuda_growth_mb"] = hi["cuda_peak_above_load_mb"] - lo["cuda_peak_above_load_mb"]
 
 
 def run(args) -> dict:
@@ -221,6 +432,8 @@ def run(args) -> dict:
             profiles["training"] = profiled(
                 torch, lambda: model(input_ids=one, labels=one, return_logits=False).loss.backward(),
                 args.profile_rows, "training (one chunk)")
+    if not args.no_memory:
+        memory(args, result)
     if profiles:
         result["profile"] = profiles
     return result
@@ -228,7 +441,15 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    print(json.dumps(run(args), indent=2))
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    text = json.dumps(run(args), indent=2)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    print(text)
     return 0
 
 

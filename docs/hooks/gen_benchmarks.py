@@ -266,6 +266,13 @@ def make_namespace(R: Node) -> dict[str, Any]:
                       [[f"`{k}`" if k != "pooled" else "every pair", cell(d[k]["encoder"]), cell(d[k]["decoder"])]
                        for k in order])
 
+    def profile_table(name: str, phase: str, rows: int = 8) -> str:
+        """The top `rows` profiler entries of one phase (the ``profile`` field of a result file, e.g.
+        ``benchmarks/comet_speed.py --profile``), by self CPU time."""
+        entries = R[name].profile[phase].raw()[:rows]
+        return _table(["op", "self CPU (ms)", "calls"],
+                      [[f"`{e['op']}`", _n(e["self_cpu_ms"], ",.1f"), f"{e['calls']:,}"] for e in entries])
+
     def efficiency(name: str, method: str, length: int, key: str):
         return next(r[key] for r in R[name].raw()["results"] if r["method"] == method and r["length"] == length)
 
@@ -279,7 +286,7 @@ def make_namespace(R: Node) -> dict[str, Any]:
             "passkey_depth_table": passkey_depth_table, "passkey_worst_depth": passkey_worst_depth,
             "swat_multiple_table": swat_multiple_table,
             "data_memory_table": data_memory_table, "ae_study_table": ae_study_table,
-            "ae_study_correlations": ae_study_correlations,
+            "ae_study_correlations": ae_study_correlations, "profile_table": profile_table,
             "shared_flags_table": recipe_pages.shared_flags_table, "recipe_flags": recipe_pages.recipe_flags,
             "help_config": recipe_pages.help_config, "presets_line": recipe_pages.presets_line,
             "recipe_doc": recipe_pages.recipe_doc,

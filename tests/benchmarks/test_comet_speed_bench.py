@@ -1,6 +1,7 @@
 """benchmarks/comet_speed.py at tiny sizes: it runs every phase and prints the JSON it promises."""
 
 import json
+import math
 import os
 import sys
 
@@ -24,6 +25,34 @@ def test_tiny_run_prints_every_phase(capsys):
     assert result["training"]["chunks"] == 2 and result["training"]["s_per_chunk"] > 0
     assert set(result["profile"]) == {"prefill", "decode", "training"}
     assert all(len(rows) == 4 and {"op", "self_cpu_ms", "calls"} <= set(rows[0]) for rows in result["profile"].values())
+
+    # memory, from child processes: training above the model, inference above the loaded model per length
+    def mb(x):
+        return isinstance(x, float) and math.isfinite(x) and x >= 0
+
+    training = result["training"]
+    assert all(mb(training[k]) for k in ("rss_after_build_mb", "rss_after_warmup_mb", "peak_rss_mb",
+                                         "peak_above_model_mb"))
+    assert training["peak_rss_mb"] >= training["rss_after_warmup_mb"] > 0
+    inference = result["inference_memory"]
+    assert [r["tokens"] for r in inference["rows"]] == [256, 1024]  # the tiny preset's lengths
+    assert (inference["shortest"], inference["longest"]) == (256, 1024)
+    for row in inference["rows"]:
+        assert all(mb(row[k]) for k in ("rss_after_load_mb", "peak_rss_mb", "peak_above_load_mb"))
+        assert row["piece_tokens"] == 4 * 64 and row["peak_measure"]
+    growth = inference["growth_mb"]
+    assert isinstance(growth, float) and math.isfinite(growth)
+    assert growth == inference["rows"][1]["peak_above_load_mb"] - inference["rows"][0]["peak_above_load_mb"]
+
+
+def test_no_memory_omits_the_memory_figures_and_out_writes_the_json(capsys, tmp_path):
+    out = tmp_path / "speed.json"
+    assert comet_speed.main(["--tiny", "--prefill-chunks", "1", "--open-tokens", "8", "--decode-tokens", "2",
+                             "--train-chunks", "1", "--threads", "1", "--no-memory", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == result
+    assert "inference_memory" not in result and "profile" not in result
+    assert result["training"]["s_per_chunk"] > 0 and not any(k.endswith("_mb") for k in result["training"])
 
 
 def test_sizes_that_would_close_the_chunk_while_decoding_are_refused():
