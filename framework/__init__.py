@@ -6,3 +6,12 @@ Subpackages:
 """
 
 __version__ = "0.1.0"
+
+
+def _register_model_types() -> None:
+    """CoMeT's transformers model type, so `AutoModelForCausalLM.from_pretrained` on a saved CoMeT folder gives
+    CoMeT after `import framework`."""
+    from .models import comet  # noqa: F401  (registers on import)
+
+
+_register_model_types()

@@ -185,7 +185,7 @@ _GENERATE = dict(pyfunc=HERE / "pyfunc_model.py", signature=lambda n: model_sign
                  example=lambda n: (["Once upon a time"], {"max_new_tokens": min(n, 4)}))
 MODEL_KINDS = (
     ModelKind("comet-causal-lm", "comet_config.json",
-              ("config.json", "comet.safetensors", _WEIGHTS, _TOKENIZER), **_GENERATE,
+              ("config.json", _WEIGHTS, _TOKENIZER), **_GENERATE,
               save_hint="Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)"),
     ModelKind("qa-compressor", "compressor_config.json",
               ("config.json", "compressor.safetensors", _WEIGHTS, _TOKENIZER),
@@ -250,6 +250,8 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     import mlflow
     from mlflow.models import Model
 
+    from framework.tracking.redact import redact_params
+
     if not registered_model_name or not str(registered_model_name).strip():
         raise RegistryError("registered_model_name is empty. Fix: pass a name such as 'comet-qwen3-0.6b'")
     # MLflow's own alias rules, checked before anything is logged.
@@ -267,7 +269,8 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     experiment_id, run_params = None, {}
     if run_id is not None:
         run = _mlflow_call(f"looking up run {run_id!r}", client.get_run, run_id)
-        experiment_id, run_params = run.info.experiment_id, dict(run.data.params)
+        # the run's params are copied into the logged model: never a credential (framework.tracking.redact)
+        experiment_id, run_params = run.info.experiment_id, redact_params(dict(run.data.params))
 
     # Creating the LoggedModel here, in the run's own experiment, lets Model.log attach it to any
     # run (pyfunc.log_model only knows the active run, and would put the model in the current

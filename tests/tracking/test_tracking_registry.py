@@ -107,7 +107,8 @@ def test_logged_model_is_source_code_plus_safetensors(registered_comet, tmp_path
     assert (local / "pyfunc_model.py").is_file()
     assert (local / pyfunc["code"] / "framework" / "models" / "comet" / "modeling.py").is_file()
     weights = local / pyfunc["artifacts"]["model"]["path"]
-    assert (weights / "comet.safetensors").is_file() and (weights / "model.safetensors").is_file()
+    assert json.loads((weights / "config.json").read_text())["model_type"] == "longctx_comet"
+    assert (weights / "model.safetensors").is_file()
     assert (weights / "tokenizer.json").is_file()
     requirements = (local / "requirements.txt").read_text().split()
     for dist in ("torch", "transformers", "safetensors", "mlflow"):
@@ -273,10 +274,10 @@ def test_incomplete_or_pickled_model_dirs_are_refused(tmp_path, tiny_comet_dir):
     with pytest.raises(RegistryError, match="does not exist"):
         log_and_register(tmp_path / "nowhere", registered_model_name=NAME)
 
-    no_memory = Path(shutil.copytree(tiny_comet_dir, tmp_path / "no_memory"))
-    (no_memory / "comet.safetensors").unlink()
-    with pytest.raises(RegistryError, match=r"missing comet\.safetensors.*save_pretrained"):
-        log_and_register(no_memory, registered_model_name=NAME)
+    no_weights = Path(shutil.copytree(tiny_comet_dir, tmp_path / "no_weights"))
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(RegistryError, match=r"missing model\.safetensors.*save_pretrained"):
+        log_and_register(no_weights, registered_model_name=NAME)
 
     no_tokenizer = Path(shutil.copytree(tiny_comet_dir, tmp_path / "no_tokenizer"))
     for name in ("tokenizer.json", "tokenizer_config.json"):

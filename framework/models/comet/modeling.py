@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..hf_compat import cache_keyword
@@ -20,14 +22,23 @@ from .attention import ChunkKV, PrefixKV, ReadSpec, base_implementation, memory_
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
 from .decode_head import few_row_logits
+from .hf_config import MODEL_TYPE, CoMeTHFConfig
 from .layout import READOUT, SegmentLayout, chunk_plan_layout, last_real_doc, layout_rows, row_meta, segment_layout
 from .memory import LayerMemory, LayerMemoryNets, LowRankAdapter, MemoryIndex, fifo_select
 from .split_attention import split_available
 
 COMET_WEIGHTS = "comet.safetensors"
+IGNORED_FORWARD_ARGS = {"use_cache", "return_dict"}  # transformers callers pass them; a full forward needs neither
 FEW_ROWS = 4  # segments of at most this many rows (decoding) attend without masks when they can
-COMET_CONFIG = "comet_config.json"
-FORMAT_VERSION = 1
+COMET_CONFIG = "comet_config.json"  # the marker of a CoMeT folder (both layouts); CoMeT's fields live in config.json
+
+
+def is_legacy_comet_dir(directory) -> bool:
+    """A CoMeT folder in the layout written before CoMeT was a transformers model type: the backbone's own
+    checkpoint plus comet.safetensors and comet_config.json."""
+    directory = os.fspath(directory)
+    return os.path.isfile(os.path.join(directory, COMET_CONFIG)) and os.path.isfile(os.path.join(directory, COMET_WEIGHTS))
+FORMAT_VERSION = 2  # 2: a transformers checkpoint of model type longctx_comet; 1: backbone + comet.safetensors
 
 
 @dataclass
@@ -213,20 +224,37 @@ def sample_gate_repeats(batch: int, most: float, prob: float, device) -> torch.T
     return torch.where(torch.rand(batch, device=device) < prob, k, torch.ones_like(k))
 
 
-class CoMeTForCausalLM(nn.Module):
+class CoMeTForCausalLM(PreTrainedModel, GenerationMixin):
     """A pretrained causal LM turned into a chunk-recurrent model with constant memory.
 
     Every decoder layer gets its own memory stream: a gated global memory written by readout
     tokens and a FIFO temporary memory written by compression tokens. Both are injected into the
     next chunk at the same layer as prefix K/V.
+
+    A transformers model of its own type (`longctx_comet`, registered with `AutoConfig` and
+    `AutoModelForCausalLM` when `framework` is imported): `config` is a `CoMeTHFConfig` holding the
+    backbone's config and CoMeT's fields (`config.chunk_size` reads the running `CoMeTConfig`).
+    Build one with `from_base`; load one with `from_pretrained` or `AutoModelForCausalLM.from_pretrained`.
     """
 
-    def __init__(self, backbone: nn.Module, config: CoMeTConfig):
-        super().__init__()
+    config_class = CoMeTHFConfig
+    base_model_prefix = "comet"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
+    def __init__(self, config: CoMeTHFConfig, backbone: nn.Module | None = None):
+        if isinstance(config, CoMeTConfig):
+            raise TypeError("CoMeTForCausalLM(config) takes a CoMeTHFConfig; to wrap a causal LM use "
+                            "CoMeTForCausalLM.from_base(base_model, CoMeTConfig(...))")
+        super().__init__(config)
+        if backbone is None:  # from a saved config (from_pretrained): the backbone's weights load after
+            from transformers import AutoModelForCausalLM
+
+            backbone = AutoModelForCausalLM.from_config(config.backbone_config)
         check_backbone(backbone)
         use_maskable_attention(backbone)
+        config = config.comet_config
         config.validate()
-        self.config = config
         self.backbone = backbone
         hf = backbone.config
         dim = hf.hidden_size
@@ -243,6 +271,17 @@ class CoMeTForCausalLM(nn.Module):
         self.readout_embed = nn.Parameter(torch.zeros(config.global_mem_size, dim, device=ref.device, dtype=ref.dtype))
         self.compress_embed = nn.Parameter(torch.zeros(dim, device=ref.device, dtype=ref.dtype))
         self._init_new_weights(getattr(hf, "initializer_range", 0.02))
+        if getattr(backbone, "generation_config", None) is not None:
+            self.generation_config = copy.deepcopy(backbone.generation_config)
+        self.post_init()
+
+    def _init_weights(self, module) -> None:
+        """Nothing: the backbone comes initialised (or loaded) and CoMeT's own weights are set in __init__."""
+
+    @property
+    def comet_config(self) -> CoMeTConfig:
+        """The CoMeT hyper-parameters the model runs with (also readable as `config.<field>`)."""
+        return self.config.comet_config
 
     # ------------------------------------------------------------------ construction
     def _init_new_weights(self, std: float) -> None:
@@ -261,49 +300,68 @@ class CoMeTForCausalLM(nn.Module):
     @classmethod
     def from_base(cls, base, config: CoMeTConfig | None = None, **load_kwargs) -> "CoMeTForCausalLM":
         """Wrap a transformers causal LM (an instance, a local directory or a model id)."""
-        return cls(load_backbone(base, **load_kwargs), config or CoMeTConfig())
+        backbone = load_backbone(base, **load_kwargs)
+        check_backbone(backbone)
+        return cls(CoMeTHFConfig.from_parts(backbone.config, config or CoMeTConfig()), backbone=backbone)
 
     def save_pretrained(self, directory, tokenizer=None, **save_kwargs) -> None:
-        """Write the backbone as a normal HF checkpoint plus comet.safetensors and comet_config.json."""
-        from safetensors.torch import save_file
-
+        """Write a transformers checkpoint of model type `longctx_comet`: config.json (the backbone's config and
+        CoMeT's fields inside) and safetensors of every weight, plus the tokenizer if given. LoRA adapters are
+        merged into the backbone's weights, so the folder holds no adapter."""
         from ..lora import has_lora, plain_state_dict
 
-        os.makedirs(directory, exist_ok=True)
-        if has_lora(self.backbone):  # a plain HF checkpoint: the adapters merged into the weights
-            save_kwargs = {**save_kwargs, "state_dict": plain_state_dict(self.backbone)}
-        self.backbone.save_pretrained(directory, **save_kwargs)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.comet_state_dict().items()}
-        save_file(state, os.path.join(directory, COMET_WEIGHTS), metadata={"format": "pt"})
-        meta = {"format_version": FORMAT_VERSION, "comet_config": self.config.to_dict(),
-                "backbone_model_type": getattr(self.backbone.config, "model_type", None)}
+        self.config.backbone = self.backbone.config.to_dict()  # the backbone's config as it is now
+        if has_lora(self.backbone) and "state_dict" not in save_kwargs:
+            state = {f"backbone.{k}": v for k, v in plain_state_dict(self.backbone).items()}
+            save_kwargs = {**save_kwargs, "state_dict": {**state, **self.comet_state_dict()}}
+        super().save_pretrained(directory, **save_kwargs)
         with open(os.path.join(directory, COMET_CONFIG), "w") as fh:
-            json.dump(meta, fh, indent=2)
+            json.dump({"format_version": FORMAT_VERSION, "model_type": MODEL_TYPE,
+                       "note": "CoMeT's fields are in config.json under 'comet'"}, fh, indent=2)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, directory, **load_kwargs) -> "CoMeTForCausalLM":
-        """Load what `save_pretrained` wrote. `load_kwargs` go to the backbone's from_pretrained."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "CoMeTForCausalLM":
+        """Load a CoMeT folder: what `save_pretrained` writes, or the older layout (the backbone's checkpoint plus
+        comet.safetensors and comet_config.json). Keyword arguments go to transformers' `from_pretrained`."""
+        directory = os.fspath(pretrained_model_name_or_path)
+        if is_legacy_comet_dir(directory):
+            return cls._from_legacy_dir(directory, **kwargs)
+        config_file = os.path.join(directory, "config.json")
+        if os.path.isdir(directory):
+            kind = None
+            if os.path.isfile(config_file):
+                with open(config_file) as fh:
+                    kind = json.load(fh).get("model_type")
+            if kind != MODEL_TYPE:
+                what = "has no config.json" if kind is None else f"holds a plain {kind!r} model"
+                raise BackboneError(
+                    f"{directory} is not a CoMeT checkpoint: it {what}. Fix: use a directory written by "
+                    "CoMeTForCausalLM.save_pretrained, or CoMeTForCausalLM.from_base for a plain Hugging Face model")
+        return super().from_pretrained(directory, *args, **kwargs)
+
+    @classmethod
+    def _from_legacy_dir(cls, directory: str, **load_kwargs) -> "CoMeTForCausalLM":
         from safetensors.torch import load_file
 
-        directory = os.fspath(directory)
         cfg_path, w_path = os.path.join(directory, COMET_CONFIG), os.path.join(directory, COMET_WEIGHTS)
-        if not os.path.isfile(cfg_path) or not os.path.isfile(w_path):
-            raise BackboneError(
-                f"{directory} is not a CoMeT checkpoint: {COMET_CONFIG} or {COMET_WEIGHTS} is missing. "
-                "Fix: use a directory written by CoMeTForCausalLM.save_pretrained, or CoMeTForCausalLM.from_base "
-                "for a plain Hugging Face model"
-            )
         with open(cfg_path) as fh:
             meta = json.load(fh)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise BackboneError(f"{cfg_path} has format_version {meta.get('format_version')}; this code reads {FORMAT_VERSION}")
-        model = cls(load_backbone(directory, **load_kwargs), CoMeTConfig.from_dict(meta["comet_config"]))
+        if meta.get("format_version") != 1 or "comet_config" not in meta:
+            raise BackboneError(f"{cfg_path} has format_version {meta.get('format_version')}; this code reads 1 (this "
+                                f"layout) and {FORMAT_VERSION}. Fix: save the model again with this version")
+        model = cls.from_base(load_backbone(directory, **load_kwargs), CoMeTConfig.from_dict(meta["comet_config"]))
         ref = model.compress_embed
         state = {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in load_file(w_path).items()}
         model.load_comet_state_dict(state)
         return model
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
 
     def comet_state_dict(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
@@ -549,7 +607,7 @@ class CoMeTForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ public forward
     def forward(self, input_ids=None, labels=None, attention_mask=None, document_ids=None, inputs_embeds=None,
-                return_logits: bool = True, schedule: str = "layer_major", chunk_ids=None) -> CoMeTOutput:
+                return_logits: bool = True, schedule: str = "layer_major", chunk_ids=None, **unused) -> CoMeTOutput:
         """Train-time forward with full backpropagation through every chunk's memory.
 
         labels are shifted here, on the raw text, before any special token is inserted: text token
@@ -562,6 +620,11 @@ class CoMeTForCausalLM(nn.Module):
         training) instead of fixed chunks of chunk_size; each chunk of the plan runs as one chunk, padded
         to the plan's longest chunk. Labels are shifted on the raw text first, so no target is lost at a boundary.
         """
+        ignored = {k for k, v in unused.items() if k in IGNORED_FORWARD_ARGS or v is None or v is False}
+        if set(unused) - ignored:
+            raise TypeError(f"CoMeTForCausalLM.forward got unsupported argument(s) {sorted(set(unused) - ignored)}. "
+                            "Fix: pass input_ids, labels, attention_mask, document_ids, inputs_embeds or chunk_ids; "
+                            "for decoding use model.stream() or generate")
         embeds = self._input_embeds(input_ids, inputs_embeds)
         batch, n, _ = embeds.shape
         text_valid, text_doc = self._text_meta(batch, n, attention_mask, document_ids, embeds.device)
@@ -697,8 +760,10 @@ class CoMeTForCausalLM(nn.Module):
         return CoMeTStream(self)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-        """Greedy or sampled continuation; returns prompt + new tokens, like HF decoder-only models."""
-        from .streaming import generate
+    def generate(self, input_ids=None, generation_config=None, logits_processor=None, stopping_criteria=None,
+                 **kwargs):
+        """Greedy or sampled continuation with transformers' arguments (see `generation.py`); returns the prompts
+        as given followed by the new tokens, like transformers' decoder-only models."""
+        from .generation import generate
 
-        return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+        return generate(self, input_ids, generation_config, logits_processor, stopping_criteria, **kwargs)

@@ -99,16 +99,24 @@ def test_gated_read_positions_keep_text_contiguous():
     assert comp_pos.tolist() == [3, 7, 9]  # each shares its group's last text token's position
 
 
-def test_old_checkpoints_load_with_the_reference_formulation(tmp_path):
-    model = tiny_comet("qwen3", neutral_start=False)
-    model.save_pretrained(tmp_path)
-    meta_path = os.path.join(tmp_path, "comet_config.json")
+def save_legacy_layout(model, directory, comet_fields: dict) -> None:
+    """The folder layout of format_version 1: the backbone's own checkpoint, comet.safetensors, comet_config.json."""
     import json
 
-    meta = json.load(open(meta_path))
-    del meta["comet_config"]["neutral_start"]  # as written before the fields existed
-    del meta["comet_config"]["read_gate_scale"]
-    json.dump(meta, open(meta_path, "w"))
+    from safetensors.torch import save_file
+
+    model.backbone.save_pretrained(directory)
+    save_file({k: v.contiguous() for k, v in model.comet_state_dict().items()}, os.path.join(directory, "comet.safetensors"))
+    with open(os.path.join(directory, "comet_config.json"), "w") as fh:
+        json.dump({"format_version": 1, "comet_config": comet_fields, "backbone_model_type": "qwen3"}, fh)
+
+
+def test_old_checkpoints_load_with_the_reference_formulation(tmp_path):
+    model = tiny_comet("qwen3", neutral_start=False)
+    fields = model.comet_config.to_dict()
+    del fields["neutral_start"]  # as written before the fields existed
+    del fields["read_gate_scale"]
+    save_legacy_layout(model, tmp_path, fields)
     loaded = CoMeTForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.neutral_start is False and loaded.config.read_gate_scale == 1.0
     ids = torch.randint(0, VOCAB, (1, 40))

@@ -13,20 +13,22 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, family):
     ids = torch.randint(0, VOCAB, (1, 45))
     model.save_pretrained(tmp_path / "ckpt")
     loaded = CoMeTForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
-    assert loaded.config == model.config
+    assert loaded.comet_config == model.comet_config
+    for field in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_key_value_heads"):
+        assert getattr(loaded.backbone.config, field) == getattr(model.backbone.config, field), field
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
-    assert (tmp_path / "ckpt" / "comet.safetensors").is_file()
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
 
 
-def test_saved_backbone_is_a_plain_hf_checkpoint(tmp_path):
+def test_auto_model_for_causal_lm_loads_a_saved_folder_as_comet(tmp_path):
     model = tiny_comet("llama")
     model.save_pretrained(tmp_path / "ckpt")
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded, CoMeTForCausalLM)
     ids = torch.randint(0, VOCAB, (1, 20))
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, model.backbone(input_ids=ids).logits)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_from_base_loads_a_local_directory_with_from_pretrained(tmp_path):
@@ -85,15 +87,17 @@ def test_sampling_is_reproducible_with_a_generator():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_generate_rejects_padded_batches_and_unknown_options():
+def test_generate_rejects_unknown_options_and_padding_in_the_middle():
     model = tiny_comet("qwen3")
     prompt = torch.randint(0, VOCAB, (2, 8))
-    mask = torch.ones_like(prompt)
-    mask[0, :2] = 0
-    with pytest.raises(ValueError, match="equal length without padding"):
-        model.generate(input_ids=prompt, attention_mask=mask)
     with pytest.raises(ValueError, match="num_beams"):
         model.generate(input_ids=prompt, num_beams=4)
+    with pytest.raises(ValueError, match="unknown argument"):
+        model.generate(input_ids=prompt, max_new_tokens=2, no_such_option=1)
+    mask = torch.ones_like(prompt)
+    mask[0, 3] = 0
+    with pytest.raises(ValueError, match="padding between real tokens"):
+        model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=2)
 
 
 def test_stream_memory_is_bounded():

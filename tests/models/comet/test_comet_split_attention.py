@@ -203,7 +203,7 @@ def test_split_and_masked_paths_give_the_same_streamed_logits(family, neutral_st
 def eager_twin(model):
     """The same CoMeT weights over an eager-attention backbone."""
     family = model.backbone.config.model_type
-    eager = CoMeTForCausalLM.from_base(tiny_base(family, attn="eager"), CoMeTConfig(**model.config.to_dict()))
+    eager = CoMeTForCausalLM.from_base(tiny_base(family, attn="eager"), CoMeTConfig(**model.comet_config.to_dict()))
     eager.load_state_dict(model.state_dict())
     return eager.eval()
 
