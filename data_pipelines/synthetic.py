@@ -240,17 +240,16 @@ class PasskeyTask(_NeedleTaskBase):
         self.digits = digits
         self.label_needle = label_needle
         self.depth = None if depth is None else float(depth)
-        probe = self._ids("7" * digits)
-        require(
-            probe.size == digits,
-            f"the tokenizer encodes a {digits}-digit key as {probe.size} tokens: PasskeyTask needs one token per digit "
-            "(a digit pre-tokenizer split). Use data_pipelines.tokenizer.load_project_tokenizer() or a tokenizer that splits digits.",
-        )
         self._build(0)  # validates seq_len against the prompt length now, not in a loader worker
 
     def key(self, index: int) -> str:
         """The passkey of sample ``index`` as a string of ``digits`` digits."""
         return self._draw(self._check_index(index))[0]
+
+    def answer_len(self, index: int) -> int:
+        """How many tokens the key of sample ``index`` takes: ``digits`` with a tokenizer that splits digits,
+        fewer with one that groups them (Llama 3 takes up to three digits per token)."""
+        return int(self._ids(self.key(index)).size)
 
     def _draw(self, index: int):
         rng = sample_rng(self.seed, index)
@@ -268,19 +267,20 @@ class PasskeyTask(_NeedleTaskBase):
         needle = np.concatenate([self._ids(" The pass key is "), self._ids(key),
                                  self._ids(". Remember it. "), self._ids(key), self._ids(" is the pass key.")])
         ids, spans = self._assemble([self._ids(self.INTRO)], [needle], [depth], [self._ids(self.QUESTION)], self._ids(key), rng)
-        repeat = spans[0][0] + needle.size - self._ids(" is the pass key.").size - self.digits
+        repeat = spans[0][0] + needle.size - self._ids(" is the pass key.").size - self._ids(key).size
         return ids, repeat
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids, repeat = self._build(index)
-        sample = self._tensors(ids, self.digits)
+        n = self.answer_len(index)
+        sample = self._tensors(ids, n)
         if self.label_needle:  # the key's second mention inside the needle: a copy of its first
-            sample["labels"][repeat:repeat + self.digits] = sample["input_ids"][repeat:repeat + self.digits]
+            sample["labels"][repeat:repeat + n] = sample["input_ids"][repeat:repeat + n]
         return sample
 
     def example(self, index: int) -> tuple[str, str]:
         """The same sample as text: ``(prompt, answer)``; the prompt ends right before the answer."""
-        return self._text(self._build(index)[0], self.digits)
+        return self._text(self._build(index)[0], self.answer_len(index))
 
 
 class NeedleTask(_NeedleTaskBase):

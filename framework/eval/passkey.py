@@ -4,9 +4,9 @@
         --lengths 4096,65536,1048576 --depths 0,0.25,0.5,0.75,1 --trials 8 --seed 0 --out outputs/eval/passkey
 
 Each haystack is streamed through the model chunk by chunk (``CoMeTStream``), so memory stays
-flat whatever the length; then as many tokens as the key has digits are decoded greedily. A trial
-is correct when those tokens spell the key exactly (one token per digit; a non-digit or a wrong
-digit anywhere fails it). Prints one JSON summary on stdout:
+flat whatever the length; then tokens are decoded greedily until the answer's first run of digits ends
+or holds as many digits as the key. A trial is correct when that run is the key exactly (answers are
+compared as text, so any tokenizer works: one token per digit, or digits grouped as Llama 3 does). Prints one JSON summary on stdout:
 
     {"accuracy": {"<length>": acc}, "by_depth": {"<depth>": {"<length>": acc}},
      "digit_accuracy": {...}, "heatmap": "<out>/passkey_heatmap.png", ...}
@@ -94,10 +94,17 @@ class CellResult:
     answers: list
 
 
-def _answer_greedy(model, prompt, digits: int, report: Callable[[int], None], piece_tokens: int):
-    """Stream `prompt` (B, n) through the model, then greedily decode `digits` tokens (the key's length)."""
-    import torch
+def answer_done(text: str, digits: int) -> bool:
+    """Whether a decoded answer is complete: its first run of digits has ended (a non-digit follows it) or holds
+    `digits` digits already (the key's length; more would not change the score)."""
+    found = re.search(r"\d+", text)
+    return found is not None and (found.end() < len(text) or len(found.group(0)) >= digits)
 
+
+def _answer_greedy(model, prompt, digits: int, report: Callable[[int], None], piece_tokens: int, tokenizer):
+    """Stream `prompt` (B, n) through the model, then decode greedily until each row's answer is done
+    (`answer_done`) or `digits` + 4 tokens: a tokenizer may spend one token per digit, group digits, or put a space
+    token first. Returns each row's new tokens (a list of lists)."""
     stream = model.stream()
     n = prompt.shape[1]
     logits = None
@@ -105,13 +112,29 @@ def _answer_greedy(model, prompt, digits: int, report: Callable[[int], None], pi
         end = min(n, start + piece_tokens)
         logits = stream.feed(prompt[:, start:end], logits="last" if end == n else None)
         report(end)
-    out = []
-    for step in range(digits):
+    rows = [[] for _ in range(prompt.shape[0])]
+    done = [False] * len(rows)
+    for step in range(digits + 4):
         token = logits[:, -1].argmax(-1)
-        out.append(token)
-        if step < digits - 1:
-            logits = stream.feed(token[:, None], logits="last")
-    return torch.stack(out, dim=1)
+        for r, t in enumerate(token.tolist()):
+            if not done[r]:
+                rows[r].append(t)
+                done[r] = answer_done(tokenizer.decode(rows[r], skip_special_tokens=True), digits)
+        if all(done):
+            break
+        logits = stream.feed(token[:, None], logits="last")
+    return rows
+
+
+def _batches(task, trials: int, batch_size: int):
+    """(first trial, trials) batches of at most `batch_size` trials whose keys take the same number of tokens (so
+    their prompts have one length: with a tokenizer that groups digits, keys differ in token count)."""
+    by_len: dict[int, list[int]] = {}
+    for i in range(trials):
+        by_len.setdefault(task.answer_len(i), []).append(i)
+    for group in by_len.values():
+        for lo in range(0, len(group), batch_size):
+            yield group[lo], group[lo:lo + batch_size]
 
 
 def evaluate_passkey(model, tokenizer, lengths: Sequence[int], depths: Sequence[float], trials: int, seed: int = 0,
@@ -133,9 +156,9 @@ def evaluate_passkey(model, tokenizer, lengths: Sequence[int], depths: Sequence[
                                depth=depth, filler=filler)
             cell = CellResult(length, depth, 0, 0, trials, [])
             started = time.perf_counter()
-            for lo in range(0, trials, batch_size):
-                ids = torch.stack([task[i]["input_ids"] for i in range(lo, min(trials, lo + batch_size))]).to(device)
-                prompt, keys = ids[:, :-digits], [task.key(i) for i in range(lo, lo + ids.shape[0])]
+            for lo, group in _batches(task, trials, batch_size):
+                ids = torch.stack([task[i]["input_ids"] for i in group]).to(device)
+                prompt, keys = ids[:, :-task.answer_len(group[0])], [task.key(i) for i in group]
                 last = [0.0]
 
                 def report(done: int) -> None:
@@ -146,8 +169,8 @@ def evaluate_passkey(model, tokenizer, lengths: Sequence[int], depths: Sequence[
                         log(f"passkey length {length} depth {depth:g} trials {lo + 1}-{lo + ids.shape[0]}/{trials}: "
                             f"{done}/{prompt.shape[1]} tokens ({rate:,.0f} tok/s)")
 
-                answers = _answer_greedy(model, prompt, digits, report, piece)
-                for row, key in zip(answers.tolist(), keys):
+                answers = _answer_greedy(model, prompt, digits, report, piece, tokenizer)
+                for row, key in zip(answers, keys):
                     text = tokenizer.decode(row, skip_special_tokens=True)
                     cell.correct += score_answer(text, key)
                     cell.digit_hits += digit_hits(text, key)

@@ -119,12 +119,17 @@ def test_lora_trains_adapters_only_and_saves_a_plain_merged_checkpoint(tmp_path)
     merged = merge_lora_state_dict(model.backbone.state_dict(), scale)
     assert all(torch.allclose(merged[k], plain[k], atol=1e-6) for k in plain)
 
-    # CoMeT's save: a plain HF backbone plus comet.safetensors without adapter keys, round-tripping the logits
+    # CoMeT's save: a transformers checkpoint with the adapters merged (no adapter key), round-tripping the logits
     model.save_pretrained(tmp_path / "comet")
     assert not any("lora_" in k for k in model.comet_state_dict())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "comet" / "model.safetensors"), "pt") as saved:
+        assert not any("lora_" in k for k in saved.keys())
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "comet").eval()
+    assert isinstance(hf, CoMeTForCausalLM)
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model.backbone(ids).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(hf.backbone(ids).logits, model.backbone(ids).logits, rtol=0, atol=1e-5)
     loaded = CoMeTForCausalLM.from_pretrained(tmp_path / "comet").eval()
     assert not lora_modules(loaded)
     torch.testing.assert_close(comet_logits(loaded, ids), comet_logits(model, ids), rtol=0, atol=1e-5)
