@@ -6,8 +6,9 @@ tokenizer's chat template. Only tokens inside assistant turns carry loss: the te
 ``{% generation %}`` markers give the mask (the project tokenizer's ChatML template has
 them). Conversations are prepared once into a token store with a loss-mask shard (cached
 under ``$LONGCTX_CACHE``, default ``~/.cache/longctx``, and reused while the inputs are
-unchanged), then packed into windows like any store: ``packing="aligned"`` (default) starts
-a conversation at a window start whenever it fits and pads the rest; a conversation longer
+unchanged; when all ranks build the source at once, the first one on a node builds the store
+and the others wait for it, see ``build_lock.py``), then packed into windows like any store:
+``packing="aligned"`` (default) starts a conversation at a window start whenever it fits and pads the rest; a conversation longer
 than ``seq_len`` is cut into consecutive windows.
 """
 

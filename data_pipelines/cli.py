@@ -1,9 +1,10 @@
-"""``longctx data prepare`` and ``longctx data inspect``.
+"""``longctx data prepare``, ``longctx data inspect`` and ``longctx data verify``.
 
     longctx data prepare SOURCE... --out DIR [--tokenizer NAME_OR_PATH] [--field text]
                                    [--on-bad-record fail|skip] [--format auto|jsonl|parquet|text]
                                    [--chat] [--shard-tokens N] [--overwrite] [--no-progress]
     longctx data inspect DIR [--json] [--samples 3] [--seq-len 256]
+    longctx data verify --store URI      exit 0: every file's sha256 matches the manifest; 1: one does not
 
 Also runnable as ``python -m data_pipelines.cli ...``.
 """
@@ -47,6 +48,11 @@ def add_data_subcommand(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--samples", type=int, default=3, help="sample windows to decode (default 3)")
     i.add_argument("--seq-len", type=int, default=256, help="tokens per sample window (default 256)")
     i.set_defaults(func=cmd_inspect)
+    v = sub.add_parser("verify", help="recompute every shard's sha256 and compare it with the manifest",
+                       description="Recompute the sha256 of a token store's index and shards and compare each with "
+                                   "the manifest. Prints every bad file by name; exits 1 when any is bad.")
+    v.add_argument("--store", required=True, metavar="URI", help="store folder or URI (s3://, gs://, memory://, ...)")
+    v.set_defaults(func=cmd_verify)
     data.set_defaults(func=lambda args: (data.print_help(), 0)[1])
     return data
 
@@ -54,12 +60,17 @@ def add_data_subcommand(subparsers) -> argparse.ArgumentParser:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from data_pipelines.prepare import DEFAULT_SHARD_TOKENS, prepare
 
+    if args.shard_tokens is not None and args.shard_tokens < 1024:
+        print(f"error: --shard-tokens {args.shard_tokens}: a shard file must hold at least 1024 tokens. Fix: drop "
+              f"the flag (default {DEFAULT_SHARD_TOKENS} = 2**28) or pass e.g. --shard-tokens 1048576", file=sys.stderr)
+        return 2
     try:
         result = prepare(
             args.sources, args.out, args.tokenizer,
             field=args.field or ("messages" if args.chat else "text"), format=args.format, chat=args.chat,
             on_bad_record=args.on_bad_record, append_eos=not args.no_eos,
-            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, progress=not args.no_progress,
+            shard_tokens=DEFAULT_SHARD_TOKENS if args.shard_tokens is None else args.shard_tokens,
+            progress=not args.no_progress,
             overwrite=args.overwrite,
         )
     except (DataConfigError, BadRecordError) as err:
@@ -139,6 +150,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"--- window {sample['window']} (tokens {sample['start_token']:,}+) ---")
         print(text[:1200])
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from data_pipelines.store_integrity import verify_store
+
+    try:
+        report = verify_store(args.store)
+    except DataConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"token store {report.path}: {len(report.checked)} file(s) checked against the manifest's sha256")
+    for name in report.checked:
+        print(f"  {'BAD' if name in report.bad else 'ok ':3}  {name}" + (f": {report.bad[name]}" if name in report.bad else ""))
+    if "manifest" in report.bad:
+        print(f"  BAD  manifest: {report.bad['manifest']}")
+    if report.ok:
+        print("all files match")
+        return 0
+    print(f"{len(report.bad)} bad file(s): the store is damaged and must not be trained on. Fix: delete {report.path} "
+          "and run the same `longctx data prepare` again.", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,10 @@ class DataConfigError(ValueError):
     """A data spec or argument is invalid. Raised before any data is read."""
 
 
+class StoreIntegrityError(DataConfigError):
+    """A token store's files do not match its manifest (a truncated shard, a flipped byte, two builds at once)."""
+
+
 class BadRecordError(ValueError):
     """An input record cannot be used. Carries where it is and why, for ``--on-bad-record``.
 
@@ -31,6 +35,7 @@ BAD_RECORD_REASONS = (
     "empty_document",
     "not_text",
     "unreadable_file",
+    "line_too_long",
 )
 
 

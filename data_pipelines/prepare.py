@@ -15,8 +15,16 @@
   examples in the manifest, per source and in total.
 - **Bounded memory.** Text is read in blocks and tokenized in batches of about
   ``batch_chars`` characters; a plain-text document of any length streams through in pieces.
-- Remote outputs (``s3://``, ``memory://``...) are built in a local staging folder (which is
-  what a crashed build resumes from) and uploaded when complete, manifest last.
+- **Atomic.** A folder being (re)built has no manifest: an existing one is removed before any
+  shard changes, and the new one is written last. Remote outputs (``s3://``, ``memory://``...)
+  are built in a local staging folder (which is what a crashed build resumes from) and uploaded
+  when complete: the old remote manifest is removed first, the new one is put last, and
+  ``progress.json`` is kept until the upload is done, so a failed upload resumes instead of
+  rebuilding. A complete store whose files do not have the sizes its manifest implies is refused
+  (or rebuilt with ``overwrite=True``).
+- **One builder per folder.** The build holds ``prepare.lock`` in its folder (see
+  ``build_lock.py``): when every rank prepares the same store, one builds it and the others
+  wait, then find it up to date.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ import numpy as np
 
 from data_pipelines.errors import BadRecordError, DataConfigError, require
 from data_pipelines.sources import Bad, Piece, SourceFile, content_hash, expand_sources, read_source
-from data_pipelines.store import (INDEX, MANIFEST, PROGRESS, STORE_FORMAT, STORE_VERSION, StoreWriter, file_sha256,
-                                  token_dtype, write_json_atomic)
+from data_pipelines.build_lock import build_lock
+from data_pipelines.store import (INDEX, LOCK, MANIFEST, PROGRESS, STORE_FORMAT, STORE_VERSION, StoreWriter,
+                                  file_sha256, token_dtype, write_json_atomic)
+from data_pipelines.store_integrity import damaged, expected_files, size_problems
 from data_pipelines.tokenize import describe_tokenizer, encode_chats, encode_texts, require_fast
 
 log = logging.getLogger(__name__)
@@ -84,70 +94,72 @@ def prepare(sources: Sequence[str] | str, out: str, tokenizer=None, *, field: st
     out = str(out).rstrip("/")
     out_fs, out_root = fsspec.core.url_to_fs(out, **(storage_options or {}))
     remote = not _is_local(out_fs)
-    existing = _read_json(out_fs, f"{out_root}/{MANIFEST}")
-    if existing is not None and existing.get("complete"):
-        if _same_inputs(existing, srcs, identities, tok_info, params):
-            log.info("token store %s is up to date; nothing to do", out)
-            return PrepareResult("up_to_date", out, existing)
-        if not overwrite:
-            raise DataConfigError(
-                f"{out!r} already holds a token store built from other inputs ({_difference(existing, srcs, tok_info, params)}). "
-                "Write to another --out folder, or pass --overwrite to rebuild it."
-            )
     root = Path(staging or _default_staging(inputs_key)) if remote else Path(out_root)
-    if not remote and root.exists() and any(root.iterdir()) and existing is None and not (root / PROGRESS).exists() and not overwrite:
+    require(not root.exists() or root.is_dir(),
+            f"{str(root)!r} is a file, but a token store is built in a folder there: move the file or choose another --out.")
+    done = _finished_store(out, out_fs, out_root, srcs, identities, tok_info, params, overwrite, quiet=True)
+    if done is not None:
+        return done
+    ours = any((root / name).exists() for name in (MANIFEST, PROGRESS, LOCK))  # a folder prepare has built into
+    if not remote and root.exists() and any(root.iterdir()) and not ours and not overwrite:
         raise DataConfigError(f"{out!r} exists and is not a token store: choose an empty or new --out folder, or pass --overwrite.")
-    if overwrite and existing is not None and existing.get("complete"):
-        _wipe(root)
-    state = _read_json_local(root / PROGRESS)
-    status = "built"
-    if state is not None and state.get("inputs_key") == inputs_key:
-        status = "resumed"
-        log.info("resuming an interrupted build of %s from %d tokens", out, state["num_tokens"])
-    else:
-        if state is not None:
-            log.warning("the inputs changed since the interrupted build in %s; starting over", root)
-        _wipe(root)
-        state = {"inputs_key": inputs_key, "source_index": 0, "records_done": 0, "num_tokens": 0, "num_documents": 0,
-                 "finished_sources": [], "current": None}
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / PROGRESS, state)  # marks the folder as a build in progress, ours to resume or redo
+    with build_lock(root, out):  # one builder per folder; the others wait here, then find the store up to date
+        done = _finished_store(out, out_fs, out_root, srcs, identities, tok_info, params, overwrite)
+        if done is not None:
+            return done
+        # From here until the new manifest is written, the folder is a build in progress: never "complete".
+        if remote:
+            (root / MANIFEST).unlink(missing_ok=True)  # a finished build whose upload failed resumes from progress.json
+        elif (root / MANIFEST).exists():
+            _wipe(root)  # --overwrite of a finished store (other inputs, or damaged): the manifest goes first
+        state = _read_json_local(root / PROGRESS)
+        status = "built"
+        if state is not None and state.get("inputs_key") == inputs_key:
+            status = "resumed"
+            log.info("resuming an interrupted build of %s from %d tokens", out, state["num_tokens"])
+        else:
+            if state is not None:
+                log.warning("the inputs changed since the interrupted build in %s; starting over", root)
+            _wipe(root)
+            state = {"inputs_key": inputs_key, "source_index": 0, "records_done": 0, "num_tokens": 0, "num_documents": 0,
+                     "finished_sources": [], "current": None}
+        write_json_atomic(root / PROGRESS, state)  # marks the folder as a build in progress, ours to resume or redo
 
-    writer = StoreWriter(root, dtype, shard_tokens, with_mask=chat)
-    writer.truncate(state["num_tokens"], state["num_documents"])
-    builder = _Builder(tok, writer, state, root, params, batch_chars, piece_chars, checkpoint_every_s, progress, identities)
-    builder.run(srcs)
-    shards = writer.close()
-    finished = state["finished_sources"]
-    skipped: dict[str, int] = {}
-    for entry in finished:
-        for reason, n in entry["skipped"].items():
-            skipped[reason] = skipped.get(reason, 0) + n
-    manifest = {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
-        "complete": True,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs_key": inputs_key,
-        "tokenizer": tok_info,
-        "params": params,
-        "dtype": dtype.str,
-        "shard_tokens": shard_tokens,
-        "has_loss_mask": chat,
-        "num_tokens": writer.num_tokens,
-        "num_documents": writer.num_documents,
-        "index": INDEX,
-        "index_sha256": file_sha256(root / INDEX),
-        "shards": shards,
-        "sources": finished,
-        "records": sum(e["records"] for e in finished),
-        "skipped": skipped,
-    }
-    write_json_atomic(root / MANIFEST, manifest)
-    (root / PROGRESS).unlink(missing_ok=True)
-    if remote:
-        _upload(root, out_fs, out_root)
-    return PrepareResult(status, out, manifest)
+        writer = StoreWriter(root, dtype, shard_tokens, with_mask=chat)
+        writer.truncate(state["num_tokens"], state["num_documents"])
+        builder = _Builder(tok, writer, state, root, params, batch_chars, piece_chars, checkpoint_every_s, progress, identities)
+        builder.run(srcs)
+        shards = writer.close()
+        finished = state["finished_sources"]
+        skipped: dict[str, int] = {}
+        for entry in finished:
+            for reason, n in entry["skipped"].items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        manifest = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "complete": True,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inputs_key": inputs_key,
+            "tokenizer": tok_info,
+            "params": params,
+            "dtype": dtype.str,
+            "shard_tokens": shard_tokens,
+            "has_loss_mask": chat,
+            "num_tokens": writer.num_tokens,
+            "num_documents": writer.num_documents,
+            "index": INDEX,
+            "index_sha256": file_sha256(root / INDEX),
+            "shards": shards,
+            "sources": finished,
+            "records": sum(e["records"] for e in finished),
+            "skipped": skipped,
+        }
+        write_json_atomic(root / MANIFEST, manifest)  # last: "complete" only over finished shards
+        if remote:
+            _upload(root, out_fs, out_root)
+        (root / PROGRESS).unlink(missing_ok=True)  # only now: a failed upload resumes from it instead of rebuilding
+        return PrepareResult(status, out, manifest)
 
 
 class _Builder:
@@ -296,6 +308,32 @@ def _inputs_key(srcs, identities, tok_info, params) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _finished_store(out: str, out_fs, out_root: str, srcs, identities, tok_info, params,
+                    overwrite: bool, quiet: bool = False) -> PrepareResult | None:
+    """The result for a complete, undamaged store of these inputs at ``out``, else None (build it).
+
+    Raises when ``out`` holds a store of other inputs, or a damaged one, unless ``overwrite``."""
+    existing = _read_json(out_fs, f"{out_root}/{MANIFEST}")
+    if existing is None or not existing.get("complete"):
+        return None
+    if not _same_inputs(existing, srcs, identities, tok_info, params):
+        if not overwrite:
+            raise DataConfigError(
+                f"{out!r} already holds a token store built from other inputs ({_difference(existing, srcs, tok_info, params)}). "
+                "Write to another --out folder, or pass --overwrite to rebuild it."
+            )
+        return None
+    problems = size_problems(out_fs, out_root, existing)
+    if problems:
+        if not overwrite:
+            raise damaged(out, problems)
+        if not quiet:
+            log.warning("token store %s does not match its manifest (%s); rebuilding it", out, problems[0])
+        return None
+    log.info("token store %s is up to date; nothing to do", out)
+    return PrepareResult("up_to_date", out, existing)
+
+
 def _same_inputs(manifest: dict, srcs, identities, tok_info, params) -> bool:
     if manifest.get("tokenizer", {}).get("fingerprint") != tok_info["fingerprint"] or manifest.get("params") != params:
         return False
@@ -357,7 +395,22 @@ def _default_staging(inputs_key: str) -> str:
 
 
 def _upload(root: Path, fs, out_root: str) -> None:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST, PROGRESS))
+    """Copy the store built in ``root`` to ``out_root``, replacing the store there: its manifest is removed
+    first (no reader takes a mix of old and new shards for a complete store), the new one is written last,
+    and the old store's files that the new one does not have are removed."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST, PROGRESS, LOCK)
+                   and not p.name.endswith(".tmp"))
+    names = {p.relative_to(root).as_posix() for p in files}
+    old = _read_json(fs, f"{out_root}/{MANIFEST}")
+    if fs.exists(f"{out_root}/{MANIFEST}"):
+        fs.rm(f"{out_root}/{MANIFEST}")
+    try:
+        stale = [f.name for f in expected_files(old)] if old is not None and old.get("format") == STORE_FORMAT else []
+    except (KeyError, TypeError, ValueError):  # not a manifest this version wrote: leave its files alone
+        stale = []
+    for name in stale:
+        if name not in names and fs.exists(f"{out_root}/{name}"):
+            fs.rm(f"{out_root}/{name}")
     for p in files:
         fs.makedirs(f"{out_root}/{p.parent.relative_to(root).as_posix()}".rstrip("/."), exist_ok=True)
         fs.put_file(str(p), f"{out_root}/{p.relative_to(root).as_posix()}")

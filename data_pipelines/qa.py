@@ -416,7 +416,7 @@ def _check_record(record: Any) -> tuple[str, str, list[str]] | tuple[str, str]:
 
 def read_qa_records(src) -> Any:
     """Yield ``(line, input, prompt, answers)`` or ``(line, reason, detail)`` for one JSONL source."""
-    from data_pipelines.sources import Truncated, _decompressed, iter_lines
+    from data_pipelines.sources import LongLine, Truncated, _decompressed, iter_lines
 
     with src.fs.open(src.path, "rb") as raw:
         stream = _decompressed(raw, src.compression)
@@ -424,6 +424,9 @@ def read_qa_records(src) -> Any:
         try:
             for line in iter_lines(stream):
                 line_no += 1
+                if isinstance(line, LongLine):
+                    yield line_no, "line_too_long", line.detail
+                    continue
                 if not line.strip():
                     continue
                 try:

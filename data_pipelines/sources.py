@@ -243,23 +243,75 @@ def _read_block(stream) -> bytes:
         raise
 
 
-def iter_lines(stream) -> Iterator[bytes]:
+MAX_LINE_BYTES_ENV = "LONGCTX_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE_BYTES = 64 << 20  # one JSON Lines record; a longer line is a bad record (line_too_long)
+
+
+def max_line_bytes() -> int:
+    """The longest line read as one record: ``$LONGCTX_MAX_LINE_BYTES``, else 64 MiB."""
+    import os
+
+    text = os.environ.get(MAX_LINE_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_LINE_BYTES
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataConfigError(f"{MAX_LINE_BYTES_ENV}={text!r} must be a positive number of bytes. Fix: unset it "
+                              f"(default {DEFAULT_MAX_LINE_BYTES} = 64 MiB) or e.g. {MAX_LINE_BYTES_ENV}=134217728")
+    return value
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """What :func:`iter_lines` yields in place of a line longer than its limit (never held in memory)."""
+
+    size: int
+    limit: int
+
+    @property
+    def detail(self) -> str:
+        return (f"the line is over {self.limit:,} bytes (read {self.size:,} before giving up); split the record, "
+                f"or raise the limit with {MAX_LINE_BYTES_ENV}=<bytes>")
+
+
+def iter_lines(stream, limit: int | None = None) -> Iterator[bytes | LongLine]:
     """Complete lines (without the newline) of a decompressed stream; a final line without a
-    newline is yielded only once the stream ended cleanly. Raises :class:`Truncated`."""
+    newline is yielded only once the stream ended cleanly. Raises :class:`Truncated`.
+
+    A line longer than ``limit`` bytes (default :func:`max_line_bytes`) is not kept in memory: a
+    :class:`LongLine` stands in for it, so the caller reports it as a bad record at its line."""
+    limit = max_line_bytes() if limit is None else limit
     pending: list[bytes] = []
+    size, over = 0, False
     while True:
         block = _read_block(stream)
         if not block:
             break
         parts = block.split(b"\n")
         if len(parts) == 1:
-            pending.append(block)
+            size += len(block)
+            if size > limit:
+                over, pending = True, []
+            elif not over:
+                pending.append(block)
             continue
-        pending.append(parts[0])
-        yield b"".join(pending)
-        yield from parts[1:-1]
-        pending = [parts[-1]] if parts[-1] else []
-    if pending:
+        size += len(parts[0])
+        if over or size > limit:
+            yield LongLine(size, limit)
+        else:
+            pending.append(parts[0])
+            yield b"".join(pending)
+        for part in parts[1:-1]:
+            yield part if len(part) <= limit else LongLine(len(part), limit)
+        last = parts[-1]
+        size, over = len(last), len(last) > limit
+        pending = [last] if last and not over else []
+    if over:
+        yield LongLine(size, limit)
+    elif pending:
         yield b"".join(pending)
 
 
@@ -329,6 +381,10 @@ def _read_jsonl(src: SourceFile, field: str, skip: int, hasher, piece_chars: int
         try:
             for line in iter_lines(stream):
                 line_no += 1
+                if isinstance(line, LongLine):
+                    if line_no > skip:
+                        yield Bad(line_no, "line_too_long", line.detail)
+                    continue
                 if line_no <= skip or not line.strip():
                     continue
                 try:

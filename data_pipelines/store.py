@@ -8,6 +8,7 @@ Layout of a store folder::
     shards/tokens-00001.bin  ``shard_tokens`` per shard except the last; documents may span shards
     shards/mask-00000.bin    (chat stores only) uint8 per token: 1 where the token carries loss
     progress.json            only while building: the checkpoint a crashed build resumes from
+    prepare.lock             the lock that lets one process at a time build into the folder
 
 Offsets are global token positions, so a document is read by ``(offset, length)`` whatever
 the shard size. A store can live on any fsspec filesystem; local shards are memory-mapped,
@@ -26,10 +27,12 @@ import fsspec
 import numpy as np
 
 from data_pipelines.errors import DataConfigError
+from data_pipelines.store_integrity import check_sizes
 
 MANIFEST = "manifest.json"
 INDEX = "index.bin"
 PROGRESS = "progress.json"
+LOCK = "prepare.lock"
 STORE_FORMAT = "longctx-token-store"
 STORE_VERSION = 1
 
@@ -162,26 +165,38 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_manifest(fs, root: str, path: str) -> dict:
+    """The manifest of the finished store at ``root``; a clear error when there is none, or it is unfinished."""
+    manifest_path = f"{root}/{MANIFEST}"
+    if not fs.exists(manifest_path):
+        raise DataConfigError(
+            f"{path!r} is not a token store: it has no {MANIFEST}. Build one with "
+            f"`longctx data prepare SOURCE... --out {path}` (a build that was interrupted resumes when rerun)."
+        )
+    try:
+        with fs.open(manifest_path, "r") as fh:
+            manifest = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataConfigError(f"{path!r}: {MANIFEST} is not valid JSON ({exc}). Delete {path!r} and run "
+                              "`longctx data prepare` again.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT or not manifest.get("complete"):
+        complete = manifest.get("complete") if isinstance(manifest, dict) else None
+        raise DataConfigError(
+            f"{path!r} holds an unfinished or foreign store (complete={complete!r}): "
+            "rerun `longctx data prepare` with the same arguments to finish it."
+        )
+    return manifest
+
+
 class TokenStore:
-    """Read access to a finished store on any fsspec filesystem."""
+    """Read access to a finished store on any fsspec filesystem; its files' sizes are checked on open."""
 
     def __init__(self, path: str, storage_options: dict | None = None):
         self.path = str(path).rstrip("/")
         self.storage_options = storage_options or {}
         self.fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
-        manifest_path = f"{self._root}/{MANIFEST}"
-        if not self.fs.exists(manifest_path):
-            raise DataConfigError(
-                f"{self.path!r} is not a token store: it has no {MANIFEST}. Build one with "
-                f"`longctx data prepare SOURCE... --out {self.path}`."
-            )
-        with self.fs.open(manifest_path, "r") as fh:
-            self.manifest: dict = json.load(fh)
-        if self.manifest.get("format") != STORE_FORMAT or not self.manifest.get("complete"):
-            raise DataConfigError(
-                f"{self.path!r} holds an unfinished or foreign store (complete={self.manifest.get('complete')!r}): "
-                "rerun `longctx data prepare` with the same arguments to finish it."
-            )
+        self.manifest: dict = read_manifest(self.fs, self._root, self.path)
+        check_sizes(self.fs, self._root, self.manifest, self.path)  # a damaged store fails here, not mid-training
         self.dtype = np.dtype(self.manifest["dtype"])
         self.shard_tokens = int(self.manifest["shard_tokens"])
         self.num_tokens = int(self.manifest["num_tokens"])

@@ -41,16 +41,34 @@ def read_inputs(path: str) -> list[tuple[int, str, str | None]]:
     """(line number, context, question or None) of every non-empty line."""
     import os
 
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        if not os.path.isfile(path):
-            raise CompressArgumentError(f"INPUT {path!r}: no such file. Fix: pass a JSON Lines file of "
-                                        "{\"context\": ..., \"question\": ...}, or - to read stdin")
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+    from data_pipelines.errors import DataConfigError
+    from data_pipelines.sources import LongLine, iter_lines
+
+    if path != "-" and not os.path.isfile(path):
+        raise CompressArgumentError(f"INPUT {path!r}: no such file. Fix: pass a JSON Lines file of "
+                                    "{\"context\": ..., \"question\": ...}, or - to read stdin")
+    # bytes, line by line: binary input and a huge line become errors that name the line, never a traceback
+    fh = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        raw_lines = list(iter_lines(fh))
+    except DataConfigError as err:
+        raise CompressArgumentError(str(err)) from None
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
     rows = []
-    for number, line in enumerate(lines, 1):
+    for number, raw in enumerate(raw_lines, 1):
+        if isinstance(raw, LongLine):
+            raise CompressArgumentError(f"{path}: line {number}: {raw.detail}")
+        if b"\0" in raw:
+            raise CompressArgumentError(f"{path}: line {number} holds binary data (NUL bytes), not JSON text. "
+                                        "Fix: INPUT must be JSON Lines text, one {\"context\": ...} object per line")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CompressArgumentError(f"{path}: line {number} is not UTF-8 text (byte {err.start + 1}: "
+                                        f"{err.reason}); is it a binary file? Fix: INPUT must be JSON Lines text "
+                                        "in UTF-8, one {\"context\": ...} object per line") from None
         if not line.strip():
             continue
         try:

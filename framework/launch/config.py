@@ -14,7 +14,7 @@ from framework.config import ConfigError
 from framework.methods.base_model import BaseModelConfig
 from framework.methods.optim import OptimConfig
 from framework.models.comet import CoMeTConfig
-from framework.tracking.store import TrackingConfig
+from framework.tracking.store import TrackingConfig, check_run_name
 
 STRATEGIES = ("ddp", "fsdp")
 PIPELINE_STRATEGY = "pipeline"  # CoMeT's layer pipeline over chunks (framework/strategies/layer_pipeline.py)
@@ -66,6 +66,7 @@ class LaunchConfig:
     cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
+        check_run_name("launch.run_name", self.run_name, "--run-name")
         if self.num_workers < 1:
             raise ConfigError(f"launch.num_workers={self.num_workers} must be >= 1. Fix: --num-workers 2")
         if self.strategy not in STRATEGIES + (PIPELINE_STRATEGY,):

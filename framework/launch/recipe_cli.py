@@ -10,6 +10,7 @@ import sys
 from typing import Callable, Mapping, Sequence
 
 from framework.config import ConfigError, apply_overrides, describe, from_dict
+from framework.tracking.redact import redact_text
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -63,8 +64,21 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable], flag_fi
 
         import yaml
 
-        with open(args.config) as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{args.config}:{mark.line + 1}:{mark.column + 1}" if mark is not None else args.config
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--config {where}: not valid YAML ({problem}). Fix: correct the YAML syntax there "
+                              "(sections of fields, e.g. 'data:' then '  seq_len: 512')") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {args.config}: not a UTF-8 text file. Fix: pass a YAML file of config "
+                              "sections") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {args.config}: the top level is a {type(data).__name__}, not a mapping of "
+                              "config sections. Fix: e.g. 'data:' then '  seq_len: 512'")
         merged = dataclasses.asdict(cfg)
         for section, values in data.items():
             if not isinstance(values, dict) or section not in merged:
@@ -109,34 +123,35 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     try:
         cfg = compose(args, overrides, presets, flag_fields)
     except (ConfigError, OSError) as err:
-        parser.error(str(err))
+        parser.error(redact_text(str(err)))
     if args.help_config:
-        print("\n".join(describe(cfg)))
+        print("\n".join(redact_text(line) for line in describe(cfg)))
         return 0
     if check is not None:
         try:
             check(args, cfg)
         except ValueError as err:
-            parser.error(str(err))
+            parser.error(redact_text(str(err)))
     try:
         result = (run or run_job)(cfg, resume=args.resume)
     except (ConfigError, TrackingError, CheckpointError, BaseModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"[longctx] finished {result.steps} steps; MLflow run {result.run_id} in {result.tracking_uri}")
+    shown_uri = redact_text(result.tracking_uri)  # credentials belong in MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN
+    print(f"[longctx] finished {result.steps} steps; MLflow run {result.run_id} in {shown_uri}")
     if result.registered_uri:
         from framework.methods.registry import method_for
 
         example = method_for(cfg).example_input
         print(f"[longctx] registered model: {result.registered_uri} (version {result.registered_version})")
         print("[longctx] load it with:\n"
-              f"    MLFLOW_TRACKING_URI={result.tracking_uri} python -c \"import mlflow; "
+              f"    MLFLOW_TRACKING_URI={shown_uri} python -c \"import mlflow; "
               f"m = mlflow.pyfunc.load_model('{result.registered_uri}'); print(m.predict({example}))\"\n"
               "[longctx] or serve it:\n"
-              f"    MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve -m {result.registered_uri} "
+              f"    MLFLOW_TRACKING_URI={shown_uri} mlflow models serve -m {result.registered_uri} "
               "--env-manager local -h 127.0.0.1 -p 5001")
     if after is not None:
         if not result.registered_uri:

@@ -15,6 +15,7 @@ from pathlib import Path
 from framework.config import ConfigError, to_dict
 from framework.launch.config import PIPELINE_STRATEGY, TrainJob
 from framework.methods.registry import method_for
+from framework.tracking.redact import redact, redact_text
 from framework.tracking.store import (TrackingError, check_store, default_artifact_location, ensure_experiment,
                                       resolve_tracking_uri)
 
@@ -84,7 +85,7 @@ def flat_params(cfg: TrainJob) -> dict:
             text = json.dumps(value) if not isinstance(value, str) else value
             out[prefix] = text[:MAX_PARAM_CHARS]
 
-    walk("", to_dict(cfg))
+    walk("", redact(to_dict(cfg)))  # no credential (storage_options, a user:password URI) reaches MLflow
     return out
 
 
@@ -155,7 +156,7 @@ def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) 
     validate(cfg)
     uri = resolve_tracking_uri(cfg.tracking)
     check_store(uri, cfg.tracking.connect_timeout_s)
-    print(f"[longctx] MLflow tracking store: {uri}")
+    print(f"[longctx] MLflow tracking store: {redact_text(uri)}")
     client = MlflowClient(uri)
     run_id, plan = _open_run(cfg, client, uri, resume, tags)
 
@@ -181,7 +182,16 @@ def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) 
         raise
     registered = None
     if cfg.tracking.register and result.checkpoint is not None:
-        registered = _register(cfg, result.checkpoint, run_id, uri)
+        try:
+            registered = _register(cfg, result.checkpoint, run_id, uri)
+        except BaseException as err:
+            _set_status(client, run_id, "FAILED")  # never left RUNNING
+            if isinstance(err, Exception) and not isinstance(err, LaunchError):
+                raise LaunchError(
+                    f"training finished but registering the model failed: {type(err).__name__}: "
+                    f"{redact_text(_short(err))}. The MLflow run {run_id} is marked FAILED. Fix: the cause above, "
+                    f"then rerun with --resume runs:/{run_id} (the final checkpoint is kept)") from err
+            raise
     _set_status(client, run_id, "FINISHED")
     return JobResult(run_id=run_id, tracking_uri=uri, steps=steps,
                      registered_uri=registered.uri if registered else None,

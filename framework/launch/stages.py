@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from framework.config import ConfigError
 from framework.launch.run import JobResult, LaunchError, run_job
 from framework.tracking.checkpoints import CheckpointError, newest_run_checkpoint
+from framework.tracking.redact import redact, redact_params
 from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
                                       resolve_tracking_uri)
 
@@ -58,7 +59,7 @@ class Stages:
             if params:
                 from mlflow.entities import Param
 
-                batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+                batch = [Param(k, str(v)[:6000]) for k, v in redact_params(params).items()]
                 for i in range(0, len(batch), 100):
                     client.log_batch(run_id, params=batch[i:i + 100])
             print(f"[longctx] MLflow run {run_id} ({run_name}): the parent of this recipe's jobs")
@@ -92,7 +93,7 @@ class Stages:
         except BaseException:
             self._set_status("FAILED")
             raise
-        self.set_tag(RESULT_TAG.format(stage), json.dumps(asdict(result)))
+        self.set_tag(RESULT_TAG.format(stage), json.dumps(redact(asdict(result))))
         return result
 
     def _unfinished_child(self, stage: str) -> str | None:
@@ -123,7 +124,7 @@ class Stages:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
     def log_dict(self, payload: dict, name: str) -> None:
-        self.client.log_dict(self.run_id, payload, name)
+        self.client.log_dict(self.run_id, redact(payload), name)
 
     def finish(self, result: JobResult) -> JobResult:
         """Mark the parent FINISHED; returns `result` (the job whose model the recipe reports) with the

@@ -24,6 +24,7 @@ from framework.methods.autoencoder import AutoencoderJob, AutoencoderSettings
 from framework.methods.base_model import BaseModelConfig
 from framework.methods.causal_lm import CausalLMJob
 from framework.methods.optim import OptimConfig
+from framework.tracking.redact import redact
 from framework.tracking.store import TrackingConfig
 
 STUDY_KINDS = ("text", "entropy_text")
@@ -210,6 +211,7 @@ def analyse(cfg: AEStudyConfig, stages, lm_uris: dict, ae_uris: dict, ae_runs: d
                "correlations": report["correlations"], "alignment": report["alignment"],
                "pairs": {p: {k: v[k] for k in ("aligned", "means", "by_corpus")} for p, v in report["pairs"].items()},
                "lm_entropy": _lm_entropy(records)}
+    summary = redact(summary)  # logged and printed: no credential of the command line or the tracking URI
     with open(os.path.join(out, "ae_study.json"), "w") as fh:
         json.dump({**summary, "records": records}, fh, indent=2, sort_keys=True)
     stages.log_metrics(flat_metrics(report))

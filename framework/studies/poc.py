@@ -77,6 +77,7 @@ def run_pipeline(cfg: PoCRecipe, resume: str | None = None):
     from framework.launch.run import flat_params
     from framework.launch.stages import Stages
     from framework.models.compression.poc_predictor import PoCPredictor
+    from framework.tracking.redact import redact, redact_text
 
     stages = Stages.open(cfg.tracking, run_name=cfg.launch.run_name, resume=resume, params=flat_params(cfg))
     try:
@@ -94,7 +95,7 @@ def run_pipeline(cfg: PoCRecipe, resume: str | None = None):
             from framework.config import ConfigError
 
             raise ConfigError(str(err)) from None
-        stages.set_tag("longctx.poc.labels_path", path)
+        stages.set_tag("longctx.poc.labels_path", redact_text(path))
         stages.set_tag("longctx.poc.labels_key", cache.key)
         stages.set_tag("longctx.poc.labels_reused", str(reused).lower())
         stages.set_tag("longctx.poc.compressor", label_job.compressor)
@@ -107,6 +108,7 @@ def run_pipeline(cfg: PoCRecipe, resume: str | None = None):
         summary.update({"compressor": label_job.compressor, "predictor": predictor.pinned_model_uri,
                         "labels": {"path": path, "key": cache.key, "reused": reused, "score": cfg.labels.score,
                                    "factors": list(cfg.labels.factors), "contexts": len(cache)}})
+        summary = redact(summary)  # logged and printed: no credential of a labels path URI
         os.makedirs(OUT, exist_ok=True)
         with open(os.path.join(OUT, "comparison.json"), "w") as fh:
             json.dump(summary, fh, indent=2)

@@ -125,6 +125,8 @@ def model_signature(max_new_tokens: int):
         ParamSpec("top_k", "long", 0),
         ParamSpec("top_p", "double", 1.0),
         ParamSpec("seed", "long", None),
+        ParamSpec("chat", "boolean", None),
+        ParamSpec("batch_size", "long", 8),
     ])
     # Unnamed: a named "prompt" column would make MLflow reject a plain list of strings.
     return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
@@ -237,7 +239,8 @@ def _mlflow_call(what: str, fn, *args, **kwargs):
 
 
 def log_and_register(model_dir, *, registered_model_name: str, alias: str = "champion", run_id: str | None = None,
-                     max_new_tokens: int = 32, name: str = "model") -> RegisteredModel:
+                     max_new_tokens: int = 32, name: str = "model", chat: bool = False,
+                     max_new_tokens_cap: int | None = None, max_prompt_tokens: int | None = None) -> RegisteredModel:
     """Log `model_dir` as a pyfunc, register a new version of `registered_model_name`, move `alias` to it.
 
     model_dir: a ``CoMeTForCausalLM.save_pretrained(dir, tokenizer=...)`` directory, or any Hugging Face
@@ -245,6 +248,8 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     run_id: the run the model belongs to; default: the active run. Without either, the model is
         logged in the current experiment without a source run.
     max_new_tokens: the default generation length of ``predict``.
+    chat: the model was trained on chat: ``predict`` wraps prompts in the tokenizer's chat template by default.
+    max_new_tokens_cap, max_prompt_tokens: the served model's caps (defaults: see pyfunc_model.py).
     name: the logged model's name.
     """
     import mlflow
@@ -290,7 +295,9 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
             python_model=str(served),
             artifacts={MODEL_ARTIFACT: os.fspath(directory.resolve())},
             code_paths=[_framework_dir()],
-            model_config={MAX_NEW_TOKENS_KEY: max_new_tokens},
+            model_config={MAX_NEW_TOKENS_KEY: max_new_tokens, "chat": bool(chat),
+                          **({"max_new_tokens_cap": int(max_new_tokens_cap)} if max_new_tokens_cap else {}),
+                          **({"max_prompt_tokens": int(max_prompt_tokens)} if max_prompt_tokens else {})},
             signature=signature,
             input_example=example,
             pip_requirements=pinned_requirements(),

@@ -103,7 +103,7 @@ def test_logged_model_is_source_code_plus_safetensors(registered_comet, tmp_path
     pyfunc = mlmodel["flavors"]["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert "python_model" not in pyfunc  # the cloudpickle entry of object-logged models
-    assert pyfunc["config"] == {"default_max_new_tokens": MAX_NEW}
+    assert pyfunc["config"] == {"default_max_new_tokens": MAX_NEW, "chat": False}
     assert (local / "pyfunc_model.py").is_file()
     assert (local / pyfunc["code"] / "framework" / "models" / "comet" / "modeling.py").is_file()
     weights = local / pyfunc["artifacts"]["model"]["path"]
@@ -119,7 +119,7 @@ def test_logged_model_is_source_code_plus_safetensors(registered_comet, tmp_path
     assert signature.outputs.to_dict() == [{"type": "string", "required": True}]
     defaults = {p.name: p.default for p in signature.params.params}
     assert defaults == {"max_new_tokens": MAX_NEW, "do_sample": False, "temperature": 1.0, "top_k": 0,
-                        "top_p": 1.0, "seed": None}
+                        "top_p": 1.0, "seed": None, "chat": None, "batch_size": 8}
 
 
 _LOAD_SCRIPT = textwrap.dedent("""

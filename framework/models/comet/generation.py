@@ -3,8 +3,8 @@
 It takes what `GenerationMixin.generate` callers pass (lm-evaluation-harness among them): a `generation_config`
 and its fields as keyword arguments (`max_new_tokens` or `max_length`, `do_sample`, `temperature`, `top_k`,
 `top_p`, `eos_token_id`, `pad_token_id`), an `attention_mask` with left or right padding, `stopping_criteria`,
-`logits_processor`, `return_dict_in_generate` / `output_scores`, and `use_cache` (always on: the stream is the
-cache). It returns the prompts as given followed by the new tokens, padded with `pad_token_id` after a row ends.
+`logits_processor`, `return_dict_in_generate` / `output_scores`, a `streamer` (one prompt, as in transformers:
+`TextIteratorStreamer` works), and `use_cache` (always on: the stream is the cache). It returns the prompts as given followed by the new tokens, padded with `pad_token_id` after a row ends.
 
 Prompts of different lengths share a batch: the rows are grouped by their number of real tokens and each group
 streams as one batch (a prompt's chunk layout depends on its length), so every row gets what it would get alone.
@@ -18,8 +18,7 @@ import torch
 
 UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                "penalty_alpha": None, "num_beam_groups": 1}
-ACCEPTED = {"attention_mask", "generator", "use_cache", "inputs", "streamer", "synced_gpus", "assistant_model",
-            "negative_prompt_ids", "negative_prompt_attention_mask"}
+ACCEPTED = {"attention_mask", "generator", "use_cache", "inputs", "streamer", "synced_gpus"}
 
 
 class GenerationError(ValueError):
@@ -108,6 +107,11 @@ def generate(model, input_ids: torch.Tensor | None = None, generation_config=Non
                 top_p=config.top_p, generator=rest.get("generator"))
     want_scores = bool(config.return_dict_in_generate and config.output_scores)
 
+    streamer = rest.get("streamer")
+    if streamer is not None and batch != 1:
+        raise GenerationError("a streamer takes one prompt at a time (as in transformers). Fix: pass one prompt")
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     spans = _real_spans(input_ids, rest.get("attention_mask"))
     groups: dict[int, list[int]] = {}
     for row, (start, end) in enumerate(spans):
@@ -118,7 +122,7 @@ def generate(model, input_ids: torch.Tensor | None = None, generation_config=Non
     for length, rows in groups.items():
         prompts = torch.stack([input_ids[r, spans[r][0]:spans[r][1]] for r in rows])
         tokens, group_scores = _continue(model, prompts, input_ids[rows], new, eos, pad, pick, logits_processor,
-                                         stopping_criteria, want_scores)
+                                         stopping_criteria, want_scores, streamer)
         new_tokens[rows, :tokens.shape[1]] = tokens
         made = max(made, tokens.shape[1])
         if want_scores:
@@ -126,6 +130,8 @@ def generate(model, input_ids: torch.Tensor | None = None, generation_config=Non
                 if scores[step] is None:
                     scores[step] = s.new_full((batch, s.shape[-1]), float("-inf"))
                 scores[step][rows] = s
+    if streamer is not None:
+        streamer.end()
     sequences = torch.cat([input_ids, new_tokens[:, :made]], dim=1)
     if not config.return_dict_in_generate:
         return sequences
@@ -134,7 +140,8 @@ def generate(model, input_ids: torch.Tensor | None = None, generation_config=Non
     return GenerateDecoderOnlyOutput(sequences=sequences, scores=tuple(scores[:made]) if want_scores else None)
 
 
-def _continue(model, prompts, given, new: int, eos, pad: int, pick: dict, processors, criteria, want_scores):
+def _continue(model, prompts, given, new: int, eos, pad: int, pick: dict, processors, criteria, want_scores,
+              streamer=None):
     """New tokens (B, <= new) for prompts of one length; `given` are the rows as passed (padding included), which
     stopping criteria and logits processors see in front of the new tokens."""
     batch = prompts.shape[0]
@@ -155,6 +162,8 @@ def _continue(model, prompts, given, new: int, eos, pad: int, pick: dict, proces
         if eos.numel():
             done |= torch.isin(token, eos)
         out.append(token)
+        if streamer is not None:
+            streamer.put(token.cpu())
         if criteria is not None:
             stop = criteria(torch.cat([so_far, token[:, None]], dim=1), logits)
             done |= stop if isinstance(stop, torch.Tensor) else torch.full_like(done, bool(stop))
