@@ -42,7 +42,7 @@ def _load(path):
 
 def test_base_model_passkey_full_attention_shape_and_answers(tiny_llama_dir, tmp_path):
     from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER, PasskeyTask
-    from framework.eval.passkey import evaluate_passkey_full_attention, summarize, write_heatmap
+    from framework.eval.passkey import answer_done, evaluate_passkey_full_attention, summarize, write_heatmap
 
     model, tok = _load(tiny_llama_dir)
     lengths, depths, trials = [200, 300], [0.0, 0.5, 1.0], 2
@@ -61,12 +61,15 @@ def test_base_model_passkey_full_attention_shape_and_answers(tiny_llama_dir, tmp
     cell = cells[-1]  # length 300, depth 1
     task = PasskeyTask(tok, seq_len=300, num_samples=trials, seed=4 + 300, digits=5, depth=1.0,
                        filler=PASSKEY_REPEAT_FILLER)
-    prompt = task[0]["input_ids"][None, :-5]
-    with torch.no_grad():
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
+    prompt = task[0]["input_ids"][None, :-task.answer_len(0)]
+    with torch.no_grad():  # the evaluator decodes at most digits + 4 tokens, and stops where the answer is done
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=9, do_sample=False,
                              pad_token_id=tok.pad_token_id)
+    reference = out[0, prompt.shape[1]:].tolist()
+    n = next((n for n in range(1, len(reference) + 1)
+              if answer_done(tok.decode(reference[:n], skip_special_tokens=True), 5)), len(reference))
     assert cell.answers[0]["key"] == task.key(0)
-    assert cell.answers[0]["answer"] == tok.decode(out[0, prompt.shape[1]:].tolist(), skip_special_tokens=True)
+    assert cell.answers[0]["answer"] == tok.decode(reference[:n], skip_special_tokens=True)
 
 
 def test_base_model_perplexity_full_attention_matches_one_forward(tiny_llama_dir):
