@@ -242,7 +242,9 @@ def _register(cfg: TrainJob, checkpoint, run_id: str, uri: str):
         if not os.path.isdir(model_dir):
             raise LaunchError(f"the final checkpoint {checkpoint.path} holds no exported model. "
                               "Fix: this is a bug in longctx; the training state is intact, rerun with --resume")
-        return log_and_register(model_dir, registered_model_name=name, alias=cfg.tracking.alias, run_id=run_id)
+        chat = getattr(cfg.data, "kind", None) == "chat"  # served prompts then go through the chat template
+        return log_and_register(model_dir, registered_model_name=name, alias=cfg.tracking.alias, run_id=run_id,
+                                chat=chat)
 
 
 def _set_status(client, run_id: str, status: str) -> None:

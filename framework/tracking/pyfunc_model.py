@@ -155,7 +155,8 @@ class TextGenerator(PythonModel):
         positions = getattr(self.model.config, "max_position_embeddings", None)
         default_prompt_cap = MAX_PROMPT_TOKENS if self.is_comet or not positions else int(positions)
         self.max_prompt_tokens = int(config.get("max_prompt_tokens", default_prompt_cap))
-        self.default_chat = bool(config.get("chat", False))
+        # trained on chat: prompts go through the chat template by default (when the tokenizer has one)
+        self.default_chat = bool(config.get("chat", False)) and bool(getattr(self.tokenizer, "chat_template", None))
 
     def _settings(self, params: dict | None):
         params = dict(params or {})
