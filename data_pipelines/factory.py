@@ -75,6 +75,41 @@ _INT_KEYS = {"seq_len", "num_samples", "seed", "digits", "num_needles", "num_que
              "question_len", "answer_len", "distractors", "min_seq_len"}
 
 
+_TYPES = {"storage_options": "dict | None", "filler": "str | list[int] | None", "depth": "float | None",
+          "seq_len_schedule": "list[[int, int]] | None", "keys": "list[str] | None", "temperature": "float | [lo, hi]",
+          "path": "str (local path or fsspec URL: s3://, gs://, ...)", "chunking": "dict | None"}
+
+
+def option_type(key: str, default: Any) -> str:
+    """The type of a data option, as --help-config shows it."""
+    if key in _TYPES:
+        return _TYPES[key]
+    if key in _INT_KEYS:
+        return "int" if default is not None or key == "seq_len" else "int | None"
+    if default is None:
+        return "str | None"
+    return type(default).__name__
+
+
+def describe_options(kind: str) -> list[str]:
+    """One line per option of data kind `kind` (name, default or REQUIRED, type), for --help-config."""
+    import json
+
+    if kind not in KINDS:
+        return [f"# data.kind={kind!r} is unknown: use one of {', '.join(KINDS)}"]
+    lines = [f"# data.options of data.kind={kind!r} (set as --data.options '{{\"key\": value, ...}}'):"]
+    for key, default in KINDS[kind].items():
+        if key == "seq_len":  # the job's data.seq_len
+            continue
+        shown = "REQUIRED" if default is _REQUIRED else json.dumps(default)
+        lines.append(f"#   {key} {shown}  ({option_type(key, None if default is _REQUIRED else default)})")
+    if kind not in QA_KINDS:
+        lines.append("#   chunking null  (dict | None: {\"strategy\": ..., \"chunk_size\": int, \"seed\": 0, \"min_chunk\": 4})")
+    others = [k for k in KINDS if k != kind]
+    lines.append(f"# other kinds: {', '.join(others)} (each with keys of its own: --data.kind K --help-config)")
+    return lines
+
+
 def _unknown(key: str, allowed, where: str) -> DataConfigError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -50,6 +50,8 @@ def build_parser(description: str, presets: Sequence[str], default: str) -> argp
     p.add_argument("--num-workers", type=int, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker, bf16-mixed")
     p.add_argument("--resume", help="runs:/<run_id>, models:/<name>@<alias>, auto, or a checkpoint directory")
+    p.add_argument("--resume-force", action="store_true",
+                   help="continue the --resume run even when its logged config differs (seed, model, data, ...)")
     p.add_argument("--tracking-uri", help="MLflow server or database (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--model-name", help="registered model name")
     p.add_argument("--run-name", help="MLflow run name (the key of --resume auto)")
@@ -125,15 +127,25 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     except (ConfigError, OSError) as err:
         parser.error(redact_text(str(err)))
     if args.help_config:
-        print("\n".join(redact_text(line) for line in describe(cfg)))
+        lines = describe(cfg)
+        kind = getattr(getattr(cfg, "data", None), "kind", None)
+        if kind is not None:  # data.options is a dict: list the keys its kind takes, with types and defaults
+            from data_pipelines.factory import describe_options
+
+            lines += describe_options(kind)
+        print("\n".join(redact_text(line) for line in lines))
         return 0
     if check is not None:
         try:
             check(args, cfg)
         except ValueError as err:
             parser.error(redact_text(str(err)))
+    if args.resume_force and (run is not None or not args.resume):
+        parser.error("--resume-force continues a --resume runs:/<id> or auto run of a single-job recipe. "
+                     "Fix: add --resume, or drop --resume-force (a recipe of several jobs does not take it)")
     try:
-        result = (run or run_job)(cfg, resume=args.resume)
+        force = {"resume_force": True} if args.resume_force else {}  # only run_job takes it
+        result = (run or run_job)(cfg, resume=args.resume, **force)
     except (ConfigError, TrackingError, CheckpointError, BaseModelError) as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
