@@ -2,7 +2,7 @@
 # Install longctx into the current Python environment.
 #
 #   bash cluster/install.sh           # runtime only
-#   bash cluster/install.sh --dev     # + test tools
+#   bash cluster/install.sh --dev     # + test tools and the eval extra (lm-eval, for `longctx eval harness`)
 #   bash cluster/install.sh --docs    # + mkdocs
 #   bash cluster/install.sh --dev --docs  # both
 #
@@ -25,7 +25,7 @@ CPU_TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 extras=()
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras+=(dev) ;;
+    --dev) extras+=(dev eval) ;;
     --docs) extras+=(docs) ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--dev] [--docs]" >&2; exit 2 ;;

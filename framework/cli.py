@@ -6,6 +6,7 @@
     longctx eval      passkey retrieval and perplexity of a model
     longctx bench     efficiency curves against full and sliding-window attention
     longctx compress  PoC: compress each context at the smallest ratio predicted to keep a floor
+    longctx merge     merge fine-tunes of one base (task arithmetic, TIES, DARE, NAN, Hi-Merging)
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from framework.eval.cli import add_compress_subcommand
 
     add_compress_subcommand(sub)
+    from framework.merge_cli import add_merge_subcommand
+
+    add_merge_subcommand(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``longctx eval passkey|perplexity|qa|autoencoder`` and ``longctx bench efficiency``.
+"""``longctx eval passkey|perplexity|qa|autoencoder|harness`` and ``longctx bench efficiency``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Bad input exits
 with status 2 and one line naming the cause and the fix; progress goes to stderr, the JSON
@@ -14,7 +14,10 @@ import sys
 _EVAL = {"passkey": "passkey retrieval accuracy by context length and depth, with a heat-map",
          "perplexity": "perplexity by position bucket on long documents",
          "qa": "exact match and F1 of a compressor against the full prompt and truncation, by compression ratio",
-         "autoencoder": "reconstruction F1/BLEU/ROUGE-L of a context autoencoder, with the entropies it measures"}
+         "autoencoder": "reconstruction F1/BLEU/ROUGE-L of a context autoencoder, with the entropies it measures",
+         "longqa": "long-context QA (BABILong-style bAbI, needles, any JSONL) against the base at full context "
+                   "and with a sliding window",
+         "harness": "EleutherAI lm-evaluation-harness, offline: RULER tasks by length, perplexity on a local text"}
 _BENCH = {"efficiency": "prefill time, decode ms/token and peak memory against context length"}
 
 
@@ -28,7 +31,9 @@ def _runner(module_name: str):
         try:
             return module.run(args)
         except (ModelURIError, DataConfigError, TrackingError, ValueError) as err:
-            print(f"longctx: error: {err}", file=sys.stderr)
+            from framework.tracking.redact import redact_text
+
+            print(f"longctx: error: {redact_text(str(err))}", file=sys.stderr)
             return 2
 
     return run
