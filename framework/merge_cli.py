@@ -105,6 +105,7 @@ def _registered_name(out: str) -> str | None:
 def _register(out_dir: str, name: str, report, args) -> dict:
     import mlflow
 
+    from framework.tracking.redact import redact_params
     from framework.tracking.registry import log_and_register
     from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
                                           resolve_tracking_uri)
@@ -118,7 +119,7 @@ def _register(out_dir: str, name: str, report, args) -> dict:
         experiment_id = ensure_experiment(mlflow.MlflowClient(), TrackingConfig().experiment,
                                           default_artifact_location(store))
     with mlflow.start_run(run_name=f"merge-{name}", experiment_id=experiment_id) as run:
-        mlflow.log_params(report.params())
+        mlflow.log_params(redact_params(report.params()))  # model URIs may carry credentials
         mlflow.log_text(report.to_json(), "merge_report.json")
         registered = log_and_register(out_dir, registered_model_name=name, alias=args.alias, run_id=run.info.run_id)
     print(f"[longctx] registered model: {registered.uri} (version {registered.version})", file=sys.stderr)
