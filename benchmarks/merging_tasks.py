@@ -1,6 +1,7 @@
 """Merging two task models fine-tuned from one base, on the CPU in well under a minute.
 
-    python benchmarks/merging_tasks.py --out benchmarks/results/merging_tasks.json
+    python benchmarks/merging_tasks.py --out benchmarks/results/merging_tasks.json --plot docs/img/merging_tasks.png
+    python benchmarks/merging_tasks.py --plot-only benchmarks/results/merging_tasks.json --plot docs/img/merging_tasks.png
 
 A tiny Llama (hidden 64, 2 layers) over a word-level vocabulary of 512 words ``w0 .. w511``, pretrained
 (400 Adam steps, lr 3e-3) on related skills over the whole vocabulary (runs with stride 2 or 3, and 3
@@ -14,7 +15,9 @@ The score is next-token accuracy (greedy, teacher-forced) on 128 held-out sequen
 fine-tuned on ``count``, model B on ``copy``, the multi-task model on both (as many steps as A and B
 together; 250 steps each by default), all from the base with Adam at lr 1e-3. Then every method merges A and B (framework.merging), Hi-Merging
 with a calibration set of 16 held-out sequences (8 per task, not the scored ones). The JSON has each
-model's score on both tasks, the settings and the wall time.
+model's score on both tasks, the settings and the wall time. The PNG (``--plot``, default: ``--out`` with
+``.png``) shows both tasks' scores for every model, the merges beside the fine-tunes and the multi-task model;
+``--plot-only RESULT.json`` redraws it from a recorded result without training anything.
 """
 
 from __future__ import annotations
@@ -116,13 +119,61 @@ def accuracy(model, sequences: list[list[int]], first: int) -> float:
     return float((pred[:, first - 1:] == target[:, first - 1:]).float().mean())
 
 
+def make_plot(result: dict, path: str) -> str:
+    """Both tasks' accuracy for every model of a result, one pair of bars each: the base, the two fine-tunes and
+    the multi-task model first, then every merge of A and B below a rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = result["scores"]
+    labels = list(scores)
+    references = sum(1 for label in labels if label in ("base", "model_a_count", "model_b_copy", "multi_task"))
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.42 * len(labels)))
+    height = 0.38
+    for k, task in enumerate(TASKS):
+        ys = [i + (k - 0.5) * height for i in range(len(labels))]
+        values = [scores[label][task] for label in labels]
+        ax.barh(ys, values, height=height, color=f"C{k}", label=task)
+        for y, v in zip(ys, values):
+            ax.text(v + 0.01, y, f"{v:.2f}", va="center", fontsize=7)
+    ax.axhline(references - 0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(len(labels)), labels=labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.2)
+    ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_xlabel("next-token accuracy on held-out sequences")
+    ax.set_title("Accuracy on each task: base, fine-tunes and multi-task model\n(above the line), merges of A and B "
+                 "(below)", fontsize=9)
+    ax.legend(title="task", loc="lower right", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=250, help="fine-tuning steps per task")
     parser.add_argument("--pretrain-steps", type=int, default=400, help="steps of the base's pretraining")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--plot", default=None,
+                        help="write the PNG here (default: --out, or --plot-only's JSON, with .png)")
+    parser.add_argument("--plot-only", default=None, metavar="JSON",
+                        help="only draw the PNG from this recorded result (no training)")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        if not os.path.isfile(args.plot_only):
+            print(f"merging_tasks.py: error: --plot-only {args.plot_only!r}: no such file. Fix: pass a JSON written "
+                  "by --out", file=sys.stderr)
+            return 2
+        plot = make_plot(json.loads(Path(args.plot_only).read_text()),
+                         args.plot or str(Path(args.plot_only).with_suffix(".png")))
+        print(f"[merging_tasks] plot: {plot}", file=sys.stderr)
+        return 0
 
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -192,6 +243,9 @@ def main(argv=None) -> int:
     print(payload)
     if args.out:
         Path(args.out).write_text(payload + "\n")
+    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if plot:
+        print(f"[merging_tasks] plot: {make_plot(result, plot)}", file=sys.stderr)
     return 0
 
 

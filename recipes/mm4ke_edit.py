@@ -3,6 +3,7 @@
     python recipes/mm4ke_edit.py --preset tiny --out ./edited                  # 1-2 min on 2 CPU cores
     python recipes/mm4ke_edit.py --preset tiny --register models:/mm4ke-tiny
     python recipes/mm4ke_edit.py --base models:/my-lm@champion --facts facts.jsonl --register models:/my-lm-edited
+    python recipes/mm4ke_edit.py --preset tiny --rounds 3 --out ./edited           # sequential edits, one fact a round
 
 Steps, on one process (no Ray: an edit is a few dozen optimiser steps):
 
@@ -22,6 +23,15 @@ Steps, on one process (no Ray: an edit is a few dozen optimiser steps):
    unrelated prompts whose greedy next token is the base's) and perplexity on held-out text.
 5. Write the merged model to ``--out`` and/or register it (``--register models:/<name>``) in an MLflow run
    that logs the settings as params and the evaluation as metrics. The JSON summary goes to stdout.
+
+Sequential edits (``--rounds K``, default 1: the single edit above): the facts are split, in order, into K
+batches of near-equal size. Round r runs the robust SFT on batch r only, starting from the model edited so far
+(the base for r = 1), and merges the result with the foundation model, as MM4KE merges the fine-tuned model with
+the original foundation model: ``theta_r = theta_base + lambda * trim(theta_sft_r - theta_base)``, a task
+vector that holds every edit so far. The KL term's anchor stays the foundation model. After each round the SFT
+and the merged model are evaluated on every fact edited so far (``edit_success``), on the round's batch
+(``edit_success_batch``), for locality and perplexity; the JSON's ``rounds`` lists them, and ``results`` holds
+the base, the last round's SFT model and the last merged model on all facts.
 
 The choices above (the prefix augmentation and KL locality term as the "robust" part of the SFT, TIES as the
 merge) are ours; docs/merging.md describes them.
@@ -142,6 +152,28 @@ def evaluate(model, tok, facts, locality_prompts, base_next, held_out) -> dict:
             "locality": sum(same) / len(same), "perplexity": perplexity(model, tok, held_out)}
 
 
+def split_batches(facts: list[dict], rounds: int) -> list[list[dict]]:
+    """The facts in order, in `rounds` consecutive batches whose sizes differ by at most one."""
+    if not 1 <= rounds <= len(facts):
+        raise EditError(f"--rounds {rounds} with {len(facts)} fact{'s' * (len(facts) != 1)}. Fix: pass --rounds "
+                        f"between 1 and {len(facts)} (each round edits at least one fact)")
+    size, extra = divmod(len(facts), rounds)
+    batches, start = [], 0
+    for r in range(rounds):
+        end = start + size + (r < extra)
+        batches.append(facts[start:end])
+        start = end
+    return batches
+
+
+def evaluate_round(model, tok, edited, batch, locality_prompts, base_next, held_out) -> dict:
+    """evaluate() on every fact edited so far, plus the edit success on the round's own batch."""
+    scores = evaluate(model, tok, edited, locality_prompts, base_next, held_out)
+    hits = [greedy_hit(model, tok, f["prompt"], f["target"]) for f in batch]
+    return {"edit_success": scores["edit_success"], "edit_success_batch": sum(hits) / len(hits),
+            **{k: v for k, v in scores.items() if k != "edit_success"}}
+
+
 def robust_sft(model, base, tok, facts, locality_prompts, prefixes, steps: int, lr: float, locality_weight: float,
                seed: int):
     """Adam on the target-token loss of every (prompt or paraphrase, with or without a random neutral prefix),
@@ -224,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", default=None, help="the model to edit: a folder or models:/<name>@<alias>")
     parser.add_argument("--facts", default=None, help="JSONL of {prompt, target, paraphrases} (default: the preset's)")
     parser.add_argument("--locality", default=None, help="JSONL of {\"text\": ...} unrelated prompts")
-    parser.add_argument("--steps", type=int, default=30, help="robust SFT steps")
+    parser.add_argument("--steps", type=int, default=30, help="robust SFT steps (per round)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sequential edits: split the facts into this many batches, one R-SFT + merge per batch")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--locality-weight", type=float, default=1.0)
     parser.add_argument("--pretrain-steps", type=int, default=150, help="tiny preset: the base's pretraining steps")
@@ -256,6 +290,7 @@ def run(args) -> dict:
     if args.register is not None and not args.register.startswith("models:/"):
         raise EditError(f"--register {args.register!r}. Fix: pass models:/<name>")
     facts = read_facts(args.facts) if args.facts else TINY_FACTS
+    batches = split_batches(facts, args.rounds)
     locality = TINY_LOCALITY
     if args.locality:
         from framework.merging.hi_merging import read_calibration
@@ -271,24 +306,38 @@ def run(args) -> dict:
         held_out = held_out_texts()
         base_next = next_tokens(base, tok, locality)
         results = {"base": evaluate(base, tok, facts, locality, base_next, held_out)}
-        sft = robust_sft(AutoModelForCausalLM.from_pretrained(base_dir), base, tok, facts, locality,
-                         neutral_prefixes(), args.steps, args.lr, args.locality_weight, args.seed)
-        results["sft"] = evaluate(sft, tok, facts, locality, base_next, held_out)
-        sft_dir = os.path.join(scratch, "sft")
-        sft.save_pretrained(sft_dir)
+        prefixes = neutral_prefixes()
         merged_dir = args.out or os.path.join(scratch, "merged")
         density = 1.0 if args.method == "task_arithmetic" else args.density
-        report = merge_folders(base_dir, [sft_dir], merged_dir,
-                               MergeSpec(method=args.method, density=density, lam=args.lam, seed=args.seed),
-                               labels=["robust-sft"])
-        merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+        rounds, current_dir = [], base_dir
+        for r, batch in enumerate(batches, start=1):
+            # round r: R-SFT on batch r from the model edited so far, then a merge with the foundation model
+            seed = args.seed + r - 1
+            edited = [fact for b in batches[:r] for fact in b]
+            sft = robust_sft(AutoModelForCausalLM.from_pretrained(current_dir), base, tok, batch, locality,
+                             prefixes, args.steps, args.lr, args.locality_weight, seed)
+            sft_dir = os.path.join(scratch, "sft" if len(batches) == 1 else f"sft-{r}")
+            sft.save_pretrained(sft_dir)
+            current_dir = merged_dir if r == len(batches) else os.path.join(scratch, f"merged-{r}")
+            report = merge_folders(base_dir, [sft_dir], current_dir,
+                                   MergeSpec(method=args.method, density=density, lam=args.lam, seed=seed),
+                                   labels=["robust-sft"])
+            merged = AutoModelForCausalLM.from_pretrained(current_dir).eval()
+            if len(batches) > 1:
+                rounds.append({"round": r, "batch_facts": len(batch), "edited_facts": len(edited),
+                               "sft": evaluate_round(sft, tok, edited, batch, locality, base_next, held_out),
+                               "merged": evaluate_round(merged, tok, edited, batch, locality, base_next, held_out)})
+                print(f"[mm4ke] round {r}/{len(batches)}: merged {rounds[-1]['merged']}", file=sys.stderr)
+        results["sft"] = evaluate(sft, tok, facts, locality, base_next, held_out)
         results["merged"] = evaluate(merged, tok, facts, locality, base_next, held_out)
         summary = {"facts": len(facts), "locality_prompts": len(locality), "method": args.method, "density": density,
                    "lambda": args.lam, "steps": args.steps, "results": results}
+        if rounds:
+            summary["rounds"] = rounds
         if args.out:
             summary["out"] = os.path.abspath(args.out)
         if args.register:
-            summary.update(_register(merged_dir, args, report, results))
+            summary.update(_register(merged_dir, args, report, results, rounds))
     return summary
 
 
@@ -301,7 +350,7 @@ def _resolve_base(uri: str, tracking_uri, scratch: str) -> str:
         raise EditError(f"--base {str(err).replace('--model ', '', 1)}") from None
 
 
-def _register(merged_dir: str, args, report, results) -> dict:
+def _register(merged_dir: str, args, report, results, rounds=()) -> dict:
     import mlflow
 
     from framework.tracking.registry import log_and_register
@@ -319,9 +368,13 @@ def _register(merged_dir: str, args, report, results) -> dict:
                                           default_artifact_location(store))
     with mlflow.start_run(run_name=f"mm4ke-{name}", experiment_id=experiment_id) as run:
         mlflow.log_params({"recipe": "mm4ke_edit", "base": args.base or "tiny", "steps": args.steps, "lr": args.lr,
-                           "locality_weight": args.locality_weight, **report.params()})
+                           "locality_weight": args.locality_weight, **report.params(),
+                           **({"rounds": len(rounds)} if rounds else {})})
         mlflow.log_metrics({f"{stage}_{key}": value for stage, metrics in results.items()
                             for key, value in metrics.items() if math.isfinite(value)})
+        for entry in rounds:  # one step per round: round_merged_edit_success, round_sft_locality, ...
+            mlflow.log_metrics({f"round_{stage}_{key}": value for stage in ("sft", "merged")
+                                for key, value in entry[stage].items() if math.isfinite(value)}, step=entry["round"])
         registered = log_and_register(merged_dir, registered_model_name=name, alias=args.alias, run_id=run.info.run_id)
     print(f"[longctx] registered model: {registered.uri} (version {registered.version})", file=sys.stderr)
     return {"registered": registered.uri, "version": registered.version, "run_id": run.info.run_id}
