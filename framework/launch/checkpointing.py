@@ -34,8 +34,10 @@ class DataCursor:
 
 class StepCheckpointReport(pl.Callback):
     def __init__(self, every_n_steps: int, cursor: DataCursor, run_id: str | None, mlflow_logger=None,
-                 export_fn=None, scratch_dir: str | None = None):
+                 export_fn=None, scratch_dir: str | None = None, stop_poll=None):
         self.every_n_steps = every_n_steps
+        self.stop_poll = stop_poll  # framework.launch.preemption.WorkerStopPoll: the driver got SIGTERM
+        self.preempted = False
         self.cursor = cursor
         self.run_id = run_id
         self.mlflow_logger = mlflow_logger
@@ -47,8 +49,28 @@ class StepCheckpointReport(pl.Callback):
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved:
             self._save_and_report(trainer, pl_module, final=False)
+        if self.stop_poll is not None and step > 0 and not self.preempted:
+            # every rank takes part (a collective), so all of them stop after the same step
+            if trainer.strategy.reduce_boolean_decision(self.stop_poll.seen.is_set(), all=False):
+                self._stop(trainer, pl_module)
+
+    def _stop(self, trainer, pl_module) -> None:
+        """Preempted: checkpoint the step reached (unless it just was), flush MLflow soon, stop training."""
+        from framework.launch.preemption import FLUSH_TIMEOUT_S
+
+        if trainer.global_step != self._last_saved:
+            self._save_and_report(trainer, pl_module, final=False)
+        self.preempted = True
+        trainer.should_stop = True
+        for logger in trainer.loggers:
+            if hasattr(logger, "shorten_flush"):
+                logger.shorten_flush(FLUSH_TIMEOUT_S)
+        if trainer.global_rank == 0:
+            print(f"[longctx] stopping on request: checkpoint at step {trainer.global_step} reported", flush=True)
 
     def on_train_end(self, trainer, pl_module):
+        if self.preempted:  # not the end of training: no final checkpoint, no exported model
+            return
         self._save_and_report(trainer, pl_module, final=True)
 
     def _save_and_report(self, trainer, pl_module, final: bool) -> None:

@@ -26,6 +26,10 @@ class LaunchError(RuntimeError):
     """The job could not start or finish; the message names the cause and the fix."""
 
 
+class Preempted(LaunchError):
+    """The driver got SIGTERM; the workers checkpointed the step they reached and the run is KILLED."""
+
+
 @dataclass
 class JobResult:
     run_id: str
@@ -126,14 +130,20 @@ def _storage(cfg: TrainJob) -> tuple[str, object | None]:
         return root, handler
 
 
-def _open_run(cfg: TrainJob, client, uri: str, resume: str | None, tags: dict | None = None):
-    from framework.tracking.resume import plan_resume
+def _open_run(cfg: TrainJob, client, uri: str, resume: str | None, tags: dict | None = None,
+              resume_force: bool = False):
+    from framework.tracking.resume import FORCED_TAG, plan_resume
 
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, default_artifact_location(uri))
-    plan = plan_resume(resume, client, experiment_id, cfg.launch.run_name)
+    plan = plan_resume(resume, client, experiment_id, cfg.launch.run_name, params=flat_params(cfg),
+                       force=resume_force)
     if plan.continues_run:
         run_id = plan.run_id
         client.update_run(run_id, status="RUNNING")
+        if plan.forced_changes:  # params cannot be relogged: keep what changed next to the logged ones
+            client.set_tag(run_id, FORCED_TAG, json.dumps(plan.forced_changes)[:MAX_PARAM_CHARS])
+            print(f"[longctx] warning: --resume-force: continuing run {run_id} despite changed "
+                  f"{', '.join(plan.forced_changes)} (recorded in tag {FORCED_TAG})", file=sys.stderr)
         print(f"[longctx] resuming MLflow run {run_id} from {plan.checkpoint_artifact or plan.checkpoint_dir}")
     else:
         tags = {"longctx.resume": resume or "", "longctx.recipe": os.path.basename(sys.argv[0]), **(tags or {})}
@@ -148,9 +158,11 @@ def _open_run(cfg: TrainJob, client, uri: str, resume: str | None, tags: dict | 
     return run_id, plan
 
 
-def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) -> JobResult:
+def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None,
+            resume_force: bool = False) -> JobResult:
     """Train `cfg` on Ray Train and register the model. resume: see framework.tracking.resume. tags:
-    extra tags of a new MLflow run (e.g. mlflow.parentRunId, for the stages of a study)."""
+    extra tags of a new MLflow run (e.g. mlflow.parentRunId, for the stages of a study). resume_force:
+    continue the run even when its logged config differs in a training-relevant param."""
     from mlflow import MlflowClient
 
     validate(cfg)
@@ -158,7 +170,7 @@ def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) 
     check_store(uri, cfg.tracking.connect_timeout_s)
     print(f"[longctx] MLflow tracking store: {redact_text(uri)}")
     client = MlflowClient(uri)
-    run_id, plan = _open_run(cfg, client, uri, resume, tags)
+    run_id, plan = _open_run(cfg, client, uri, resume, tags, resume_force)
 
     from framework.launch.data import build_source, total_steps
     from framework.methods.base_model import load_tokenizer
@@ -177,6 +189,9 @@ def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None) 
     }
     try:
         result = _fit(cfg, payload, run_id, storage_path, storage_fs)
+    except Preempted:
+        _set_status(client, run_id, "KILLED")  # --resume auto continues it
+        raise
     except BaseException:
         _set_status(client, run_id, "FAILED")
         raise
@@ -203,9 +218,12 @@ def _fit(cfg: TrainJob, payload: dict, run_id: str, storage_path: str, storage_f
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from framework.launch.preemption import DriverSignals
     from framework.launch.train_loop import train_loop_per_worker
 
     connect_ray()
+    signals = DriverSignals()
+    payload = {**payload, "stop_request": signals.actor}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
@@ -221,12 +239,21 @@ def _fit(cfg: TrainJob, payload: dict, run_id: str, storage_path: str, storage_f
         ),
     )
     try:
-        return trainer.fit()
+        with signals:
+            result = trainer.fit()
     except Exception as err:
+        if signals.requested.is_set():
+            raise Preempted(f"stopped by SIGTERM; training then ended with {type(err).__name__}: {_short(err)}. "
+                            f"Fix: continue from the newest checkpoint with --resume runs:/{run_id}") from err
         raise LaunchError(
             f"training failed after {cfg.launch.max_failures} restart(s): {type(err).__name__}: {_short(err)}. "
             f"Fix: read the worker error above; the newest checkpoint is kept, so rerun with --resume runs:/{run_id}"
         ) from err
+    metrics = result.metrics or {}
+    if signals.requested.is_set() and not metrics.get("final"):
+        raise Preempted(f"stopped by SIGTERM: the checkpoint of step {metrics.get('step')} is in MLflow run {run_id} "
+                        f"(marked KILLED). Fix: continue it with --resume runs:/{run_id} (or --resume auto)")
+    return result
 
 
 def _register(cfg: TrainJob, checkpoint, run_id: str, uri: str):

@@ -8,6 +8,7 @@ registered weights).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import torch
@@ -144,7 +145,7 @@ def train_loop_per_worker(payload: dict) -> None:
     callback = StepCheckpointReport(
         cfg.launch.checkpoint_every_n_steps, cursor, payload["run_id"],
         mlflow_logger=logger if cfg.tracking.log_checkpoints else None,
-        export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch)
+        export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch, stop_poll=_stop_poll(payload))
     module = spec.lightning_module(model, cfg, payload["total_steps"])
     trainer = pl.Trainer(
         max_steps=payload["total_steps"],
@@ -166,7 +167,21 @@ def train_loop_per_worker(payload: dict) -> None:
     )
     trainer = prepare_trainer(trainer)
     ckpt_path = os.path.join(ckpt_dir, STATE_FILE) if ckpt_dir else None
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    finally:  # local copies of what we started from (a checkpoint can be tens of GB); a restart fetches its own
+        for copy in ("ray-resume", "mlflow-resume", "init"):
+            shutil.rmtree(os.path.join(scratch, copy), ignore_errors=True)
+
+
+def _stop_poll(payload: dict):
+    """Watch the driver's stop request (SIGTERM on the driver: framework.launch.preemption)."""
+    actor = payload.get("stop_request")
+    if actor is None:
+        return None
+    from framework.launch.preemption import WorkerStopPoll
+
+    return WorkerStopPoll(actor)
 
 
 def _tokenizer_from(directory: str):

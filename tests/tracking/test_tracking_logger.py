@@ -96,6 +96,45 @@ def test_server_drop_mid_run_then_return_loses_no_metric_or_checkpoint(server, t
     assert not (tmp_path / "spill").exists()
 
 
+def _scratch_checkpoint(tmp_path, step):
+    d = tmp_path / f"longctx-step_{step:09d}"
+    d.mkdir()
+    (d / "checkpoint.ckpt").write_bytes(b"state %d" % step)
+    (d / "manifest.json").write_text("{}")
+    return d
+
+
+def test_only_the_newest_unsent_checkpoint_is_kept_while_the_server_is_down(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")  # a loaded machine; a stopped server refuses at once
+    client = MlflowClient(server.uri)
+    run_id = client.create_run(client.create_experiment("keep")).info.run_id
+    logger = MLflowRunLogger(server.uri, run_id, str(tmp_path / "spill"), flush_timeout_s=120)
+    _wait_sent(logger)
+    server.stop()
+    old, older, newest = (_scratch_checkpoint(tmp_path, s) for s in (5, 10, 15))
+    logger.log_checkpoint_dir(str(old), "checkpoints/step_000000005")
+    deadline = time.time() + 20
+    while logger.sender.failures < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert logger.sender.failures >= 1, "step 5 is being retried"
+    logger.log_checkpoint_dir(str(older), "checkpoints/step_000000010")
+    logger.log_checkpoint_dir(str(newest), "checkpoints/step_000000015")
+    assert not older.exists(), "a queued upload that a newer checkpoint replaces is dropped with its local copy"
+    deadline = time.time() + 20
+    while old.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not old.exists(), "the upload being retried is dropped too"
+    assert newest.exists() and len(logger.sender._pending) == 1
+
+    server.start()
+    logger.finalize("success")
+    uploaded = {os.path.basename(a.path) for a in MlflowClient(server.uri).list_artifacts(run_id, "checkpoints")}
+    assert uploaded == {"step_000000015"}
+    names = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "checkpoints/step_000000015")}
+    assert names == {"checkpoint.ckpt", "manifest.json"}
+    assert not newest.exists(), "the scratch copy is removed after its upload"
+
+
 def test_metrics_that_never_reach_the_server_are_kept_on_disk(server, tmp_path):
     client = MlflowClient(server.uri)
     run_id = client.create_run(client.create_experiment("gone")).info.run_id
