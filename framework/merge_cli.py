@@ -105,26 +105,18 @@ def _registered_name(out: str) -> str | None:
 def _register(out_dir: str, name: str, report, args) -> dict:
     import mlflow
 
-    from framework.tracking.redact import redact_params
+    from framework.tracking.redact import redact_params, redact_text
     from framework.tracking.registry import log_and_register
-    from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
-                                          resolve_tracking_uri)
+    from framework.tracking.store import open_store_for_command
 
-    store = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-    check_store(store)
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if not experiment_id and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        experiment_id = ensure_experiment(mlflow.MlflowClient(), TrackingConfig().experiment,
-                                          default_artifact_location(store))
+    experiment_id = open_store_for_command(args.tracking_uri)
     with mlflow.start_run(run_name=f"merge-{name}", experiment_id=experiment_id) as run:
         mlflow.log_params(redact_params(report.params()))  # model URIs may carry credentials
         mlflow.log_text(report.to_json(), "merge_report.json")
         registered = log_and_register(out_dir, registered_model_name=name, alias=args.alias, run_id=run.info.run_id)
     print(f"[longctx] registered model: {registered.uri} (version {registered.version})", file=sys.stderr)
     return {"registered": registered.uri, "version": registered.version, "run_id": run.info.run_id,
-            "tracking_uri": store}
+            "tracking_uri": redact_text(mlflow.get_tracking_uri())}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -354,22 +354,15 @@ def _register(merged_dir: str, args, report, results, rounds=()) -> dict:
     import mlflow
 
     from framework.tracking.registry import log_and_register
-    from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
-                                          resolve_tracking_uri)
+    from framework.tracking.redact import redact_params
+    from framework.tracking.store import open_store_for_command
 
     name = args.register[len("models:/"):]
-    store = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-    check_store(store)
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if not experiment_id and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        experiment_id = ensure_experiment(mlflow.MlflowClient(), TrackingConfig().experiment,
-                                          default_artifact_location(store))
+    experiment_id = open_store_for_command(args.tracking_uri)
     with mlflow.start_run(run_name=f"mm4ke-{name}", experiment_id=experiment_id) as run:
-        mlflow.log_params({"recipe": "mm4ke_edit", "base": args.base or "tiny", "steps": args.steps, "lr": args.lr,
-                           "locality_weight": args.locality_weight, **report.params(),
-                           **({"rounds": len(rounds)} if rounds else {})})
+        mlflow.log_params(redact_params({"recipe": "mm4ke_edit", "base": args.base or "tiny", "steps": args.steps,
+                                         "lr": args.lr, "locality_weight": args.locality_weight, **report.params(),
+                                         **({"rounds": len(rounds)} if rounds else {})}))
         mlflow.log_metrics({f"{stage}_{key}": value for stage, metrics in results.items()
                             for key, value in metrics.items() if math.isfinite(value)})
         for entry in rounds:  # one step per round: round_merged_edit_success, round_sft_locality, ...

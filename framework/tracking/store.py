@@ -124,3 +124,22 @@ def require_run(client, run_id: str, flag: str, uri: str, error: type[Exception]
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise error(f"{flag} {uri}: no such MLflow run in this tracking store ({reason}). Fix: check the run id in "
                     "the MLflow UI, and that --tracking-uri points at the store the run was logged to") from None
+
+
+def open_store_for_command(tracking_uri: str | None) -> str | None:
+    """For a standalone command that logs one run (`longctx merge`, a recipe script): resolve and check the store,
+    point MLflow's tracking and registry at it, and return the experiment to log in (MLFLOW_EXPERIMENT_ID, else
+    the default experiment created if missing; None when MLFLOW_EXPERIMENT_NAME chooses it)."""
+    import os
+
+    import mlflow
+
+    store = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
+    check_store(store)
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not experiment_id and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        experiment_id = ensure_experiment(mlflow.MlflowClient(), TrackingConfig().experiment,
+                                          default_artifact_location(store))
+    return experiment_id
