@@ -38,6 +38,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 MODEL_ARTIFACT = "model"
@@ -50,8 +52,12 @@ DEFAULT_BATCH_SIZE = 8
 PROMPT_COLUMN = "prompt"
 
 
-class PromptError(ValueError):
-    """The model input or a generation parameter cannot be used."""
+class PromptError(MlflowException, ValueError):
+    """The model input or a generation parameter cannot be used. An MLflow INVALID_PARAMETER_VALUE error, so the
+    scoring server answers 400 with this message (not an "unexpected error" with a stack trace)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def prompts_from_input(model_input: Any) -> list[str]:
