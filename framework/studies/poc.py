@@ -109,6 +109,7 @@ def run_pipeline(cfg: PoCRecipe, resume: str | None = None):
                         "labels": {"path": path, "key": cache.key, "reused": reused, "score": cfg.labels.score,
                                    "factors": list(cfg.labels.factors), "contexts": len(cache)}})
         summary = redact(summary)  # logged and printed: no credential of a labels path URI
+        summary["labels"]["key"] = cache.key  # the labels' content hash, not a credential (redact hides any "key")
         os.makedirs(OUT, exist_ok=True)
         with open(os.path.join(OUT, "comparison.json"), "w") as fh:
             json.dump(summary, fh, indent=2)
