@@ -267,6 +267,7 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
         raise RegistryError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
     directory = check_model_dir(model_dir)
     check_registry_store()
+    check_registry_store(mlflow.get_tracking_uri())  # the run and the logged model live in the tracking store
 
     client = mlflow.MlflowClient()
     active = mlflow.active_run()
