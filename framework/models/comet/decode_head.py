@@ -14,18 +14,16 @@ import weakref
 import torch
 from torch import nn
 
+from ..linear_cross_entropy import fusable  # a plain nn.Linear, no hooks (LoRA's)
+
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _plain_linear(head) -> bool:
-    return type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
 
 
 def few_row_logits(head: nn.Module, hidden: torch.Tensor, few: int) -> torch.Tensor:
     """`head(hidden)`, through the transposed copy when `hidden` has at most `few` rows, is on CPU, needs no
     gradient, and `head` is a plain `nn.Linear` (no hooks such as LoRA's)."""
     weight = getattr(head, "weight", None)
-    if (hidden.shape[-2] > few or hidden.device.type != "cpu" or not _plain_linear(head)
+    if (hidden.shape[-2] > few or hidden.device.type != "cpu" or not fusable(head)
             or (torch.is_grad_enabled() and weight.requires_grad)):
         return head(hidden)
     copy = _COPIES.get(head)
