@@ -49,7 +49,8 @@ class LaunchConfig:
     layer pipeline). pipeline_size: with the pipeline, workers per pipeline group; the mesh is
     pipeline_size x (num_workers / pipeline_size) data replicas; empty means one pipeline of every worker.
     storage_path: where Ray keeps checkpoints: a local path or a URI (s3://, gs://, ...); empty means
-    <cwd>/outputs/ray. run_name: the MLflow run name (and --resume auto's key)."""
+    <cwd>/outputs/ray. run_name: the MLflow run name (and --resume auto's key). accumulate_grad_batches:
+    batches per optimizer step (the global batch is data.batch_size x data replicas x this)."""
 
     num_workers: int = 1
     use_gpu: bool = False
@@ -64,6 +65,7 @@ class LaunchConfig:
     precision: str = "auto"
     seed: int = 0
     cpus_per_worker: float = 1.0
+    accumulate_grad_batches: int = 1
 
     def __post_init__(self) -> None:
         check_run_name("launch.run_name", self.run_name, "--run-name")
@@ -88,6 +90,9 @@ class LaunchConfig:
             raise ConfigError(f"launch.precision={self.precision!r}: use auto, 32-true, bf16-mixed or 16-mixed")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"launch.cpus_per_worker={self.cpus_per_worker} must be positive")
+        if self.accumulate_grad_batches < 1:
+            raise ConfigError(f"launch.accumulate_grad_batches={self.accumulate_grad_batches} must be >= 1. "
+                              "Fix: --launch.accumulate_grad_batches 1 (no accumulation)")
 
 
 @dataclass
@@ -107,6 +112,10 @@ class TrainJob:
         if self.launch.strategy != PIPELINE_STRATEGY:
             return self.launch.num_workers
         return self.launch.num_workers // (self.launch.pipeline_size or self.launch.num_workers)
+
+    def global_batch(self) -> int:
+        """Samples per optimizer step over all workers."""
+        return self.data.batch_size * self.data_replicas() * self.launch.accumulate_grad_batches
 
     def precision(self) -> str:
         if self.launch.precision != "auto":
