@@ -19,7 +19,7 @@ import torch
 from data_pipelines.qa import QA_KINDS
 from framework.config import ConfigError
 from framework.methods.lm_module import TokenLossModule, global_token_mean
-from framework.methods.optim import warmup_cosine
+from framework.methods.optim import lr_scheduler
 
 DECODER_MODES = ("attention", "lora", "full", "frozen")
 EXAMPLE_INPUT = "{'context': ['pear: 41907. plum: 22815.'], 'question': ['What is the value of plum?']}"
@@ -132,8 +132,7 @@ class CompressionQAModule(TokenLossModule):
                     groups.append({"params": chosen, "lr": cfg.lr, "name": name + ("" if decay else "_no_decay"),
                                    "weight_decay": cfg.weight_decay if decay else 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        sched = lr_scheduler(opt, cfg, self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -102,8 +102,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_scheduler(opt, cfg: OptimConfig, total_steps: int):
+    """The warmup + cosine LambdaLR every method steps once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+
+
 def build_optimizer(model, extra_params, cfg: OptimConfig, total_steps: int):
     opt = torch.optim.AdamW(param_groups(model, extra_params, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
-    return opt, sched
+    return opt, lr_scheduler(opt, cfg, total_steps)
