@@ -45,11 +45,14 @@ of key?", the answer " 12345" + eos; the queried fact's tokens are the evidence)
    state; RAM reads every segment closely).
 3. Evaluation on ``--eval-samples`` (128) held-out samples (qa_facts seed 12345, ``--seq-len``
    tokens), greedy answers (at most ``--max-new-tokens`` tokens, stopping at eos), exact match after
-   SQuAD normalisation (``framework.eval.qa_scoring.exact_match``), at each ratio of ``--ratios``
+   SQuAD normalisation (``framework.metrics.qa_scoring.exact_match``), at each ratio of ``--ratios``
    (4 8 16):
    - each compressor's memory at that ratio (``compress(ratio=r)``; RAM: rho = keep_fraction_for_ratio(r, 16));
    - ``truncation``: the stage-0 reader reading the first ceil(n / r) context tokens of a sample with n
-     context tokens (the same budget as a compressor at ratio r; the answer may lie anywhere);
+     context tokens (the same budget as a compressor at ratio r; the answer may lie anywhere). This is
+     truncation to the *requested* ratio's budget; ``longctx eval qa``'s ``truncation/<r>`` keeps as many
+     tokens as the compressor *achieved* on each sample instead (docs/benchmarks.md; the key is kept so
+     that every result file still renders);
    - ``uncompressed``: the stage-0 reader reading the whole context (a reference; note the reader was
      trained at ``--reader-seq-len``, so at a longer ``--seq-len`` this is also a length-generalisation
      test of the reader).
@@ -167,22 +170,16 @@ def make_batch(source, lo: int, hi: int) -> dict:
 
 
 def optimizer_for(groups: dict, lr: float, weight_decay: float, warmup: int, steps: int, min_lr_ratio: float):
-    """AdamW over {group: [parameters]} as CompressionQAModule.configure_optimizers builds it (weight
-    decay on matrices only), with the shared warmup + cosine schedule."""
+    """AdamW over {group: [parameters]} with CompressionQAModule's groups (optim.param_groups(named=...): weight
+    decay on matrices only) and the library's warmup + cosine schedule (optim.lr_scheduler)."""
     import torch
 
-    from framework.methods.optim import warmup_cosine
+    from framework.job import OptimConfig
+    from framework.methods.optim import lr_scheduler, param_groups
 
-    param_groups = []
-    for name, params in groups.items():
-        for decay in (True, False):
-            chosen = [p for p in params if p.requires_grad and (p.ndim >= 2) == decay]
-            if chosen:
-                param_groups.append({"params": chosen, "lr": lr, "name": name + ("" if decay else "_no_decay"),
-                                     "weight_decay": weight_decay if decay else 0.0})
-    opt = torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, min_lr_ratio))
-    return opt, sched
+    cfg = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=warmup, min_lr_ratio=min_lr_ratio)
+    opt = torch.optim.AdamW(param_groups(None, (), cfg, named=groups), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return opt, lr_scheduler(opt, cfg, steps)
 
 
 def summarize_curve(losses: list, points: int = 20) -> dict:
@@ -276,48 +273,22 @@ def multi_query_loss(reader, batch, source, indices, queries: int):
     return F.cross_entropy(logits, torch.cat(targets).to(device))
 
 
-def _recall(comp):
-    hits = total = 0
-    for kept, positives in zip(comp.kept, comp.positives):
-        total += len(positives)
-        hits += len(set(kept) & set(positives))
-    return hits / total if total else None
-
-
 # ---------------------------------------------------------------------------------------- evaluation
-class Tally:
-    """One way of answering, summed over the evaluation samples."""
-
-    def __init__(self):
-        self.correct, self.context_tokens, self.memory_slots = [], 0, 0
-        self.recall_hits = self.recall_total = 0
-        self.kept_share, self.predictions = [], []
-        self.seconds = 0.0
-
-    def add(self, comp, texts, answers) -> None:
-        from framework.eval.qa_scoring import exact_match
-
-        self.context_tokens += sum(comp.context_tokens)
-        self.memory_slots += sum(comp.memory_slots)
-        for text, gold in zip(texts, answers):
-            self.correct.append(exact_match(text, gold) == 1.0)
-            self.predictions.append(text)
-
-    def summary(self, recall: bool = False) -> dict:
-        n = len(self.correct)
-        em = sum(self.correct) / max(1, n)
-        out = {"exact_match": round(em, 4), "correct": int(sum(self.correct)), "samples": n,
-               "exact_match_stderr": round(math.sqrt(em * (1 - em) / max(1, n)), 4),
-               "ratio": round(self.context_tokens / max(1, self.memory_slots), 4),
-               "context_tokens_total": self.context_tokens, "memory_slots_total": self.memory_slots,
-               "seconds": round(self.seconds, 2)}
-        if recall:
-            out["answer_segment_recall"] = (round(self.recall_hits / self.recall_total, 4)
-                                            if self.recall_total else None)
-            out["answer_segments"] = self.recall_total
-            out["chance_kept_share"] = (round(sum(self.kept_share) / len(self.kept_share), 4)
-                                        if self.kept_share else None)
-        return out
+def setting_row(t, recall: bool = False) -> dict:
+    """This benchmark's row of one setting's tally (framework.eval.qa.SettingTotals): exact match with its
+    binomial standard error and the per-sample counts the claims need."""
+    n = len(t.correct)
+    em = sum(t.correct) / max(1, n)
+    out = {"exact_match": round(em, 4), "correct": int(sum(t.correct)), "samples": n,
+           "exact_match_stderr": round(math.sqrt(em * (1 - em) / max(1, n)), 4),
+           "ratio": round(t.context_tokens / max(1, t.memory_slots), 4),
+           "context_tokens_total": t.context_tokens, "memory_slots_total": t.memory_slots,
+           "seconds": round(t.compress_s + t.decode_s, 2)}
+    if recall:
+        out["answer_segment_recall"] = round(t.recall_hits / t.recall_total, 4) if t.recall_total else None
+        out["answer_segments"] = t.recall_total
+        out["chance_kept_share"] = round(sum(t.kept_share) / len(t.kept_share), 4) if t.kept_share else None
+    return out
 
 
 def truncated_memory(reader, ctx, mask, ratio: float):
@@ -333,22 +304,24 @@ def answer_texts(model, comp, batch, tokenizer, max_new_tokens: int) -> list:
 
 
 def evaluate(reader, compressors: dict, tokenizer, source, n: int, ratios, args, log=None) -> dict:
-    """{setting: Tally}; settings "uncompressed", ("truncation", r) and (name, r) for each compressor."""
+    """{setting: SettingTotals}; settings "uncompressed", ("truncation", r) and (name, r) for each compressor."""
     import torch
 
-    from framework.models.compression import ram as ram_ops
+    from framework.eval.qa import SettingTotals
 
-    tallies = {"uncompressed": Tally()}
+    tallies = {"uncompressed": SettingTotals()}
     for r in ratios:
-        tallies["truncation", r] = Tally()
+        tallies["truncation", r] = SettingTotals()
         for name in compressors:
-            tallies[name, r] = Tally()
+            tallies[name, r] = SettingTotals()
 
     def run(setting, model, build, batch):
         t0 = time.perf_counter()
         comp = build()
+        t1 = time.perf_counter()
         texts = answer_texts(model, comp, batch, tokenizer, args.max_new_tokens)
-        tallies[setting].seconds += time.perf_counter() - t0
+        tallies[setting].compress_s += t1 - t0
+        tallies[setting].decode_s += time.perf_counter() - t1
         tallies[setting].add(comp, texts, batch["answers"])
         return comp
 
@@ -367,12 +340,7 @@ def evaluate(reader, compressors: dict, tokenizer, source, n: int, ratios, args,
                     comp = run((name, r), model, lambda: model.compress(ctx, mask, q, q_mask, evidence, ratio=r),
                                batch)
                     if is_ram:
-                        t = tallies[name, r]
-                        seg = model.config.segment_size
-                        for kept, positives, tokens in zip(comp.kept, comp.positives, comp.context_tokens):
-                            t.recall_hits += len(set(kept) & set(positives))
-                            t.recall_total += len(positives)
-                            t.kept_share.append(len(kept) / max(1, len(ram_ops.segment_bounds(tokens, seg))))
+                        tallies[name, r].add_recall(comp, model.config.segment_size)
             if log:
                 log(f"eval {min(n, lo + args.eval_batch)}/{n} samples ({time.perf_counter() - t_start:.0f}s)")
     return tallies
@@ -381,13 +349,15 @@ def evaluate(reader, compressors: dict, tokenizer, source, n: int, ratios, args,
 def reader_exact_match(reader, tokenizer, source, n: int, args) -> dict:
     import torch
 
-    tally = Tally()
+    from framework.eval.qa import SettingTotals
+
+    tally = SettingTotals()
     with torch.no_grad():
         for lo in range(0, n, args.eval_batch):
             batch = make_batch(source, lo, min(n, lo + args.eval_batch))
             comp = reader.token_memory(batch["context_ids"], batch["context_mask"])
             tally.add(comp, answer_texts(reader, comp, batch, tokenizer, args.max_new_tokens), batch["answers"])
-    return tally.summary()
+    return setting_row(tally)
 
 
 # ---------------------------------------------------------------------------------------- claims and plot
@@ -517,7 +487,8 @@ def main(argv=None) -> dict:
 
     from data_pipelines import build_source
     from data_pipelines.tokenizer import load_project_tokenizer
-    from framework.methods.base_model import build_base_model, tiny_qwen3
+    from framework.job import tiny_qwen3
+    from framework.methods.base_model import build_base_model
     from framework.methods.compression import set_trainable
     from framework.models.compression.config import CompressorConfig
     from framework.models.compression.ram import keep_fraction_for_ratio
@@ -605,7 +576,7 @@ def main(argv=None) -> dict:
         out = model(**batch, ratio=r)
         achieved.setdefault(r, []).append(out.compressed.ratio)
         return out.loss_sum / out.num_tokens, out.aux_loss, {"ratio": out.compressed.ratio,
-                                                              "answer_segment_recall": _recall(out.compressed)}
+                                                              "answer_segment_recall": out.compressed.answer_segment_recall}
 
     ae_prompt = torch.tensor(tok(AE_PROMPT, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
@@ -664,12 +635,12 @@ def main(argv=None) -> dict:
     tallies = evaluate(reader, compressors, tok, sources["eval"], args.eval_samples, args.ratios, args, log=log)
     eval_seconds = time.perf_counter() - t0
 
-    settings_table, em = {}, {"uncompressed": tallies["uncompressed"].summary()["exact_match"]}
+    settings_table, em = {}, {"uncompressed": setting_row(tallies["uncompressed"])["exact_match"]}
     for name in (*compressors, "truncation"):
         is_ram = name in compressors and compressors[name].config.method == "ram"
         settings_table[name] = {}
         for r in args.ratios:
-            row = tallies[name, r].summary(recall=is_ram)
+            row = setting_row(tallies[name, r], recall=is_ram)
             if is_ram:
                 row["keep_fraction"] = round(keep_fraction_for_ratio(r, args.segment_size), 6)
             if name == "truncation":
@@ -706,7 +677,7 @@ def main(argv=None) -> dict:
         "data": {**specs, "eval_context_tokens": context_tokens,
                  "note": "qa_facts: whole ' key: 12345.' facts fill each context up to seq_len tokens"},
         "exact_match": em,
-        "settings": {**settings_table, "uncompressed": tallies["uncompressed"].summary()},
+        "settings": {**settings_table, "uncompressed": setting_row(tallies["uncompressed"])},
         "reader": {"hash": reader_hash, "hash_at_init": reader_init_hash, "hash_at_end": state_hash(reader.decoder),
                    "parameters": sum(p.numel() for p in reader.decoder.parameters()), **reader_info},
         "per_model": per_model,

@@ -47,7 +47,7 @@ def label_stats(cache) -> dict:
 
 def collect(directory: Path, wall_s: float, returncode: int, command: str = COMMAND) -> dict:
     sys.path.insert(0, str(REPO))
-    from data_pipelines.poc_labels import LabelCache
+    from data_pipelines.poc_label_cache import LabelCache
     from framework.eval.reporting import machine_info
 
     summary = json.loads((directory / "outputs" / "poc" / "comparison.json").read_text())

@@ -108,8 +108,9 @@ def make_batch(windows, indices, split: int) -> dict:
 def train_model(name: str, args, train_windows, order) -> tuple[object, dict]:
     import torch
 
+    from framework.job import OptimConfig
     from framework.methods.causal_lm import token_loss_sum
-    from framework.methods.optim import OptimConfig, build_optimizer
+    from framework.methods.optim import build_optimizer
     from framework.models.swat import SWATForCausalLM
 
     cfg = model_config(name, args)

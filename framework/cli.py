@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from framework.eval.cli import add_eval_subcommands
 
     add_eval_subcommands(sub)
-    from framework.eval.cli import add_compress_subcommand
+    from framework.compress import add_compress_subcommand
 
     add_compress_subcommand(sub)
     from framework.merge_cli import add_merge_subcommand

@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import sys
 
-from framework.launch.config import LaunchConfig
+from framework.job import BaseModelConfig, LaunchConfig, OptimConfig, TrackingConfig, tiny_qwen3
 from framework.launch.recipe_cli import main
 from framework.methods.autoencoder import AutoencoderSettings
-from framework.methods.base_model import BaseModelConfig, tiny_qwen3
-from framework.methods.optim import OptimConfig
 from framework.studies.ae_study import AEStudyConfig, StudySettings, run_study
-from framework.tracking.store import TrackingConfig
 
 
 # ---------------------------------------------------------------------------------------------- presets

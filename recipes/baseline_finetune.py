@@ -23,19 +23,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig, tiny_qwen3
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig, tiny_qwen3
 from framework.methods.causal_lm import ATTENTION_KINDS, AttentionConfig, CausalLMJob
-from framework.methods.optim import OptimConfig
-from framework.tracking.store import TrackingConfig
 
 
 def paper() -> CausalLMJob:
     return CausalLMJob(
         model=BaseModelConfig(base="Qwen/Qwen3-4B"),
         attention=AttentionConfig(kind="full", window=4096, gradient_checkpointing=True),
-        method=OptimConfig(lr=5e-5, warmup_steps=10, grad_clip=1.5),
+        optim=OptimConfig(lr=5e-5, warmup_steps=10, grad_clip=1.5),
         data=DataConfig(kind="chat", seq_len=32768, batch_size=1, epochs=3),
         launch=LaunchConfig(run_name="baseline_finetune", checkpoint_every_n_steps=100),
         tracking=TrackingConfig(model_name="baseline-32k"),
@@ -46,7 +43,7 @@ def tiny() -> CausalLMJob:
     return CausalLMJob(
         model=tiny_qwen3(),
         attention=AttentionConfig(kind="full", window=64),
-        method=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.5),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.5),
         data=DataConfig(kind="text", seq_len=256, batch_size=4, epochs=1),
         launch=LaunchConfig(run_name="baseline_finetune-tiny", max_steps=30, checkpoint_every_n_steps=10),
         tracking=TrackingConfig(model_name="baseline-tiny"),
@@ -59,7 +56,7 @@ def smollm2() -> CausalLMJob:
     return CausalLMJob(
         model=BaseModelConfig(base=default_dir()),
         attention=AttentionConfig(kind="full", window=256, gradient_checkpointing=True),
-        method=OptimConfig(lr=2e-5, warmup_steps=5, grad_clip=1.0),
+        optim=OptimConfig(lr=2e-5, warmup_steps=5, grad_clip=1.0),
         data=DataConfig(kind="text", seq_len=1024, batch_size=1, epochs=1),
         launch=LaunchConfig(run_name="baseline_finetune-smollm2", max_steps=20, checkpoint_every_n_steps=10),
         tracking=TrackingConfig(model_name="baseline-smollm2"),

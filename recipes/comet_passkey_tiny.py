@@ -9,10 +9,12 @@ at 32x and 128x that length.
 
 It trains a randomly initialised 2-layer Qwen3 (hidden 128) wrapped in CoMeT (chunks of 32 tokens,
 8 global memory slots, a FIFO of 8 compression tokens, i.e. the last 64 tokens) on Ray Train,
-tracks it in MLflow and registers it. Then, on the driver, it streams passkey haystacks of
-``--eval-multiples`` x the training length through the registered model (``models:/<name>/<version>``),
-logs accuracy by length and depth plus the heat-map to the same MLflow run, and prints the JSON
-summary. The haystack is the passkey literature's repeated "The grass is green. ..." text.
+tracks it in MLflow and registers it. Then, on the driver, its ``eval`` section (``eval.tasks: [passkey]``)
+streams passkey haystacks of ``eval.passkey.multiples`` x the training length through the registered model
+(``models:/<name>/<version>``), logs accuracy by length and depth plus the heat-map to the same MLflow run,
+writes ``<eval.out_dir>/passkey.json`` and prints the JSON summary (``--eval.passkey.trials 5`` and the like
+change it; ``--eval.tasks []`` trains and registers only). The haystack is the passkey literature's
+repeated "The grass is green. ..." text.
 
 A 256-token sample is 8 chunks. The FIFO reaches back 2 chunks, so a key hidden earlier can only
 reach the question through the gated global memory; at 8k and 32k tokens that memory has to hold
@@ -36,29 +38,27 @@ that starts at 256 tokens stalls at chance on the answer for hundreds of steps.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER
-from framework.launch.config import DataConfig, JobConfig, LaunchConfig
+from framework.job import (DataConfig, EvalConfig, LaunchConfig, OptimConfig, PasskeyEval, TrackingConfig,
+                           tiny_qwen3)
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import tiny_qwen3
-from framework.methods.optim import OptimConfig
+from framework.methods.comet import CoMeTJob
 from framework.models.comet import CoMeTConfig
-from framework.tracking.store import TrackingConfig
 
 TRAIN_LEN = 256
 
 
-def tiny() -> JobConfig:
-    return JobConfig(
+def tiny() -> CoMeTJob:
+    return CoMeTJob(
         model=tiny_qwen3(hidden_size=128),
         # gate repeats: in training, a chunk's gated update may count as up to 4,096 identical ones (g -> g**k),
         # so 8-chunk samples teach the gate to hold a key over the 1,024 updates of a 32k haystack
         # a random model trained from scratch has no reading to keep: the paper's formulation (no neutral start)
         comet=CoMeTConfig(chunk_size=32, global_mem_size=8, temp_stride=8, temp_budget=8, adapter_rank=8,
                           gate_repeat_max=4096.0, neutral_start=False),
-        method=OptimConfig(lr=2e-3, memory_lr_multiplier=1.0, warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1),
+        optim=OptimConfig(lr=2e-3, memory_lr_multiplier=1.0, warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1),
         data=DataConfig(kind="passkey", seq_len=TRAIN_LEN, batch_size=32, num_samples=200_000, epochs=1,
                         options={"filler": PASSKEY_REPEAT_FILLER, "digits": 5, "label_needle": True,
                                  # the filler starts at any token, so training sees every phase of the repeated
@@ -71,24 +71,27 @@ def tiny() -> JobConfig:
         launch=LaunchConfig(run_name="comet_passkey_tiny", max_steps=1500, checkpoint_every_n_steps=250,
                             keep_checkpoints=2, cpus_per_worker=2),
         tracking=TrackingConfig(model_name="comet-passkey-tiny"),
+        # after registration: 20 keys at each of 5 depths of haystacks 32x and 128x the training length
+        eval=EvalConfig(tasks=["passkey"], out_dir="outputs/eval/passkey_tiny",
+                        passkey=PasskeyEval(multiples=[32, 128], depths=[0.0, 0.25, 0.5, 0.75, 1.0], trials=20)),
     )
 
 
-def no_gate() -> JobConfig:
+def no_gate() -> CoMeTJob:
     cfg = tiny()
     cfg.comet.global_gate, cfg.comet.gate_repeat_max = "overwrite", 1.0  # no gate, so nothing to repeat
     cfg.launch.run_name, cfg.tracking.model_name = "comet_passkey_tiny-no_gate", "comet-passkey-tiny-no-gate"
     return cfg
 
 
-def no_temp() -> JobConfig:
+def no_temp() -> CoMeTJob:
     cfg = tiny()
     cfg.comet.temp_stride, cfg.comet.temp_budget = -1, 0
     cfg.launch.run_name, cfg.tracking.model_name = "comet_passkey_tiny-no_temp", "comet-passkey-tiny-no-temp"
     return cfg
 
 
-def no_repeats() -> JobConfig:
+def no_repeats() -> CoMeTJob:
     """The paper's training of the gate: every chunk's update counts once (comet.gate_repeat_max=1)."""
     cfg = tiny()
     cfg.comet.gate_repeat_max = 1.0
@@ -96,7 +99,7 @@ def no_repeats() -> JobConfig:
     return cfg
 
 
-def random_chunks() -> JobConfig:
+def random_chunks() -> CoMeTJob:
     """The paper's random chunking (data_pipelines.chunking "random", 4-32 tokens a chunk): 8-16 memory
     updates per 256-token sample instead of 8. A step costs about 1.4x, so it runs 1000 steps."""
     cfg = tiny()
@@ -110,48 +113,5 @@ PRESETS = {"tiny": tiny, "no_gate": no_gate, "no_temp": no_temp, "no_repeats": n
            "random_chunks": random_chunks}
 
 
-def add_eval_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("evaluation after training")
-    group.add_argument("--eval-multiples", default="32,128", help="haystack lengths as multiples of data.seq_len [32,128]")
-    group.add_argument("--eval-depths", default="0,0.25,0.5,0.75,1", help="key depths [0,0.25,0.5,0.75,1]")
-    group.add_argument("--eval-trials", type=int, default=20, help="keys per (length, depth) cell [20]")
-    group.add_argument("--eval-out", default="outputs/eval/passkey_tiny", help="passkey.json and the heat-map")
-    group.add_argument("--no-eval", action="store_true", help="train and register only")
-
-
-def eval_lengths(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[int], list[float]]:
-    """The evaluation grid; raises ValueError (before training starts) when a flag is bad."""
-    from framework.eval.passkey import check_grid, parse_list
-
-    multiples = parse_list(args.eval_multiples, int, "eval-multiples", "e.g. --eval-multiples 32,128")
-    lengths = [m * cfg.data.seq_len for m in multiples]
-    depths = parse_list(args.eval_depths, float, "eval-depths", "e.g. --eval-depths 0,0.5,1")
-    check_grid(lengths, depths, args.eval_trials)
-    return lengths, depths
-
-
-def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
-    import mlflow
-
-    from framework.eval.model_uri import load_model
-    from framework.eval.passkey import passkey_report
-    from framework.eval.reporting import print_summary
-
-    if args.no_eval:
-        return 0
-    lengths, depths = eval_lengths(args, cfg)
-    loaded = load_model(result.pinned_model_uri, tracking_uri=result.tracking_uri)
-    mlflow.set_tracking_uri(result.tracking_uri)
-    with mlflow.start_run(run_id=result.run_id):
-        summary = passkey_report(loaded, lengths, depths, args.eval_trials, seed=1234, out_dir=args.eval_out,
-                                 filler=cfg.data.options.get("filler"), digits=cfg.data.options.get("digits", 5),
-                                 title=f"{args.preset}: trained at {cfg.data.seq_len} tokens")
-    summary["train_len"] = cfg.data.seq_len
-    summary["multiples"] = [n // cfg.data.seq_len for n in lengths]
-    print_summary(summary)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(PRESETS, default="tiny", description=__doc__, add_flags=add_eval_flags, check=eval_lengths,
-                  after=evaluate))
+    sys.exit(main(PRESETS, default="tiny", description=__doc__))

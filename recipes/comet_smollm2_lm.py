@@ -35,23 +35,22 @@ import argparse
 import os
 import sys
 
-from framework.launch.config import DataConfig, JobConfig, LaunchConfig
+from framework.job import (RANDOM_PREFIX, BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig,
+                           tiny_qwen3)
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import RANDOM_PREFIX, BaseModelConfig, tiny_qwen3
-from framework.methods.optim import OptimConfig
+from framework.methods.comet import CoMeTJob
 from framework.models.comet import CoMeTConfig
 from framework.models.smollm2 import default_dir
-from framework.tracking.store import TrackingConfig
 
 HELD_OUT = 0.2  # the last fifth of the novels' token stream: evaluation only
 DEFAULT_EVAL_LENGTHS = "8192,16384"
 
 
-def cpu() -> JobConfig:
-    return JobConfig(
+def cpu() -> CoMeTJob:
+    return CoMeTJob(
         model=BaseModelConfig(base=default_dir()),
         comet=CoMeTConfig(chunk_size=512, global_mem_size=64, temp_stride=8, temp_budget=128, adapter_rank=8),
-        method=OptimConfig(lr=3e-3, memory_lr_multiplier=1.0, backbone="frozen", warmup_steps=4, grad_clip=1.0,
+        optim=OptimConfig(lr=3e-3, memory_lr_multiplier=1.0, backbone="frozen", warmup_steps=4, grad_clip=1.0,
                            min_lr_ratio=0.1),
         data=DataConfig(kind="text", seq_len=1536, batch_size=1, epochs=1,
                         options={"split": "train", "validation_fraction": HELD_OUT}),
@@ -61,10 +60,10 @@ def cpu() -> JobConfig:
     )
 
 
-def gpu() -> JobConfig:
+def gpu() -> CoMeTJob:
     cfg = cpu()
     cfg.comet.gradient_checkpointing = True
-    cfg.method = OptimConfig(lr=1e-3, memory_lr_multiplier=1.0, backbone="lora", backbone_lr=1e-4, lora_rank=16,
+    cfg.optim = OptimConfig(lr=1e-3, memory_lr_multiplier=1.0, backbone="lora", backbone_lr=1e-4, lora_rank=16,
                              warmup_steps=20, grad_clip=1.0, min_lr_ratio=0.1)
     cfg.data.seq_len, cfg.data.batch_size = 8192, 8
     cfg.launch.max_steps, cfg.launch.checkpoint_every_n_steps, cfg.launch.use_gpu = 1000, 200, True
@@ -73,7 +72,7 @@ def gpu() -> JobConfig:
     return cfg
 
 
-def tiny() -> JobConfig:
+def tiny() -> CoMeTJob:
     """The recipe's plumbing in a minute, without SmolLM2: a random 2-layer Qwen3 on the project tokenizer."""
     cfg = cpu()
     cfg.model = tiny_qwen3()
@@ -95,7 +94,7 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-eval", action="store_true", help="train and register only")
 
 
-def check_flags(args, cfg: JobConfig) -> None:
+def check_flags(args, cfg: CoMeTJob) -> None:
     """A missing base folder or bad evaluation flags fail before training (ValueError: exit 2)."""
     from framework.eval.passkey import parse_list
 
@@ -117,7 +116,7 @@ def held_out_documents(tokenizer, seq_len: int, count: int, fraction: float = HE
     return data_documents(spec, tokenizer, count)
 
 
-def evaluate(args: argparse.Namespace, cfg: JobConfig, result) -> int:
+def evaluate(args: argparse.Namespace, cfg: CoMeTJob, result) -> int:
     import mlflow
 
     from framework.eval.model_uri import load_model

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import sys
 
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig, tiny_qwen3
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig, tiny_qwen3
 from framework.methods.comi import COMIJob, COMISettings
-from framework.methods.optim import OptimConfig
-from framework.tracking.store import TrackingConfig
 
 
 def paper() -> COMIJob:
@@ -34,7 +31,7 @@ def paper() -> COMIJob:
         model=BaseModelConfig(base="Qwen/Qwen3-4B"),
         compression=COMISettings(encoder_layers=8, alignment="block", decoder="lora", lora_rank=128, lora_alpha=32,
                                  ratio=16, train_ratios=[16, 32], chunk_tokens=10000, gradient_checkpointing=True),
-        method=OptimConfig(lr=1e-5, warmup_steps=1000, weight_decay=0.01, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-5, warmup_steps=1000, weight_decay=0.01, grad_clip=1.0),
         data=DataConfig(kind="qa_jsonl", seq_len=32768, batch_size=1, epochs=1,
                         options={"question_len": 128, "answer_len": 64}),
         launch=LaunchConfig(run_name="comi_qa", max_steps=10000, checkpoint_every_n_steps=500),
@@ -46,7 +43,7 @@ def tiny() -> COMIJob:
     return COMIJob(
         model=tiny_qwen3(hidden_size=128),
         compression=COMISettings(encoder_layers=1, alignment="linear", decoder="full", ratio=8),
-        method=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
+        optim=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
         data=DataConfig(kind="qa_facts", seq_len=512, batch_size=8, epochs=1),
         launch=LaunchConfig(run_name="comi_qa-tiny", max_steps=40, checkpoint_every_n_steps=20),
         tracking=TrackingConfig(model_name="comi-qa-tiny"),

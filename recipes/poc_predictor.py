@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import sys
 
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig, tiny_qwen3
 from framework.studies.poc import LabelSettings, PoCRecipe, run_pipeline
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig, tiny_qwen3
 from framework.methods.comi import COMIJob, COMISettings
-from framework.methods.optim import OptimConfig
 from framework.methods.poc import PoCSettings
-from framework.tracking.store import TrackingConfig
 
 
 def tiny_compressor() -> COMIJob:
@@ -45,7 +42,7 @@ def tiny_compressor() -> COMIJob:
         model=tiny_qwen3(hidden_size=128),
         compression=COMISettings(encoder_layers=1, alignment="linear", decoder="full", ratio=8,
                                  train_ratios=[2, 4, 8, 16, 32]),
-        method=OptimConfig(lr=2e-3, warmup_steps=5, grad_clip=1.0),
+        optim=OptimConfig(lr=2e-3, warmup_steps=5, grad_clip=1.0),
         data=DataConfig(kind="qa_facts", seq_len=256, batch_size=8, epochs=1, options={"min_seq_len": 64}),
         launch=LaunchConfig(run_name="poc-compressor-tiny", max_steps=30, checkpoint_every_n_steps=30),
         tracking=TrackingConfig(model_name="poc-compressor-tiny"),
@@ -56,7 +53,7 @@ def tiny() -> PoCRecipe:
     return PoCRecipe(
         model=tiny_qwen3(hidden_size=64),
         poc=PoCSettings(trunk_layers=1, ratio_bins=100, pair_attention="isolated"),
-        method=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.0),
         data=DataConfig(kind="poc_labels", seq_len=256, batch_size=16, epochs=3),
         launch=LaunchConfig(run_name="poc_predictor-tiny", max_steps=40, checkpoint_every_n_steps=40),
         tracking=TrackingConfig(model_name="poc-predictor-tiny"),
@@ -69,7 +66,7 @@ def paper() -> PoCRecipe:
     return PoCRecipe(
         model=BaseModelConfig(base="meta-llama/Llama-3.2-1B-Instruct"),
         poc=PoCSettings(trunk_layers=2, ratio_bins=100, pair_attention="isolated"),
-        method=OptimConfig(lr=1e-4, warmup_steps=100, weight_decay=0.01, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-4, warmup_steps=100, weight_decay=0.01, grad_clip=1.0),
         data=DataConfig(kind="poc_labels", seq_len=512, batch_size=16, epochs=3),
         launch=LaunchConfig(run_name="poc_predictor", max_steps=None, checkpoint_every_n_steps=500),
         tracking=TrackingConfig(model_name="poc-predictor"),

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import sys
 
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig, tiny_qwen3
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig, tiny_qwen3
-from framework.methods.optim import OptimConfig
 from framework.methods.ram import RAMJob, RAMSettings
-from framework.tracking.store import TrackingConfig
 
 
 def paper() -> RAMJob:
@@ -34,7 +31,7 @@ def paper() -> RAMJob:
         model=BaseModelConfig(base="Qwen/Qwen3-4B"),
         compression=RAMSettings(encoder_layers=8, segment_size=50, keep_fraction=0.125, decoder="attention",
                                 gradient_checkpointing=True),
-        method=OptimConfig(lr=1e-4, warmup_steps=0, grad_clip=2.0),
+        optim=OptimConfig(lr=1e-4, warmup_steps=0, grad_clip=2.0),
         data=DataConfig(kind="qa_jsonl", seq_len=32768, batch_size=1, epochs=1,
                         options={"question_len": 128, "answer_len": 64}),
         launch=LaunchConfig(run_name="ram_qa", checkpoint_every_n_steps=500),
@@ -46,7 +43,7 @@ def tiny() -> RAMJob:
     return RAMJob(
         model=tiny_qwen3(hidden_size=128),
         compression=RAMSettings(encoder_layers=1, segment_size=16, keep_fraction=0.125, decoder="full"),
-        method=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
+        optim=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
         data=DataConfig(kind="qa_facts", seq_len=512, batch_size=8, epochs=1),
         launch=LaunchConfig(run_name="ram_qa-tiny", max_steps=40, checkpoint_every_n_steps=20),
         tracking=TrackingConfig(model_name="ram-qa-tiny"),

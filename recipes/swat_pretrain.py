@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import sys
 
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig
 from framework.launch.recipe_cli import main
-from framework.methods.base_model import BaseModelConfig
-from framework.methods.optim import OptimConfig
 from framework.methods.swat import SCRATCH, SWATArch, SWATJob
-from framework.tracking.store import TrackingConfig
 
 
 def paper() -> SWATJob:
     return SWATJob(
         model=BaseModelConfig(base=SCRATCH, tokenizer="meta-llama/Llama-2-7b-hf"),
         swat=SWATArch(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, window=128),
-        method=OptimConfig(lr=3e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0),
+        optim=OptimConfig(lr=3e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0),
         data=DataConfig(kind="store_windows", seq_len=4096, batch_size=32, epochs=1),
         launch=LaunchConfig(run_name="swat_pretrain", checkpoint_every_n_steps=500),
         tracking=TrackingConfig(model_name="swat-340m"),
@@ -42,7 +39,7 @@ def tiny() -> SWATJob:
     return SWATJob(
         model=BaseModelConfig(base=SCRATCH, tokenizer="project"),
         swat=SWATArch(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, window=32),
-        method=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5, grad_clip=1.0),
         data=DataConfig(kind="text", seq_len=128, batch_size=8, epochs=1),
         launch=LaunchConfig(run_name="swat_pretrain-tiny", max_steps=30, checkpoint_every_n_steps=10),
         tracking=TrackingConfig(model_name="swat-tiny"),

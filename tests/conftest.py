@@ -32,3 +32,21 @@ def _autograd_is_left_on():
     if torch is not None and not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("this test left torch autograd disabled for the process; scope it with `with torch.no_grad():`")
+
+
+def _uses_shared_ray(item) -> bool:
+    return item is not None and "e2e" in item.path.parts and item.get_closest_marker("own_ray") is None
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """The shared Ray head of the end-to-end tests (tests/e2e/conftest.py) lives while they run back to back: it is
+    stopped before any other test (one that may start a Ray of its own) and at the end of the session."""
+    recipe_runs = sys.modules.get("recipe_runs")
+    if recipe_runs is not None and not _uses_shared_ray(nextitem):
+        recipe_runs.stop_shared_ray_head()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    recipe_runs = sys.modules.get("recipe_runs")
+    if recipe_runs is not None:
+        recipe_runs.stop_shared_ray_head()

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "docs" / "quickstart.md", REPO / "docs" / "your_model.md"] + sorted((REPO / "docs" / "recipes").glob("*.md"))
+PAGES = [REPO / "docs" / "quickstart.md", REPO / "docs" / "your_model.md", REPO / "docs" / "write_a_method.md"] + sorted((REPO / "docs" / "recipes").glob("*.md"))
 MARKERS = ("# needs a cluster", "# server:", "# needs the optional")
 BLOCK = re.compile(r"^```(bash|sh|shell|console)\n(.*?)^```", re.M | re.S)
 # parts of a `&&` chain that set up the environment: what .ci/run does in a fresh venv

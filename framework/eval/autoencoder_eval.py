@@ -74,7 +74,7 @@ def means(records: Sequence[dict]) -> dict:
 def entropy_correlations(records: Sequence[dict], metric: str = "f1") -> dict:
     """{"encoder": {"rho", "p"}, "decoder": {"rho", "p"}}: Spearman of each entropy against `metric`
     (rho and p are None when fewer than 3 records, or a constant series, leave nothing to rank)."""
-    from framework.eval.correlation import spearman
+    from framework.metrics.correlation import spearman
 
     out = {}
     for side in ("encoder", "decoder"):

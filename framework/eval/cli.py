@@ -52,13 +52,3 @@ def _add_group(sub, name: str, title: str, commands: dict) -> None:
 def add_eval_subcommands(sub) -> None:
     _add_group(sub, "eval", "evaluate a long-context model", _EVAL)
     _add_group(sub, "bench", "measure a model's efficiency", _BENCH)
-
-
-def add_compress_subcommand(sub) -> None:
-    """``longctx compress``: PoC's per-context ratio and compression (framework.eval.compress)."""
-    module = importlib.import_module("framework.eval.compress")
-    parser = sub.add_parser("compress", help="compress each context at the smallest ratio a PoC predictor expects "
-                                             "to keep the floor", description=module.__doc__.strip(),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    parser.set_defaults(func=_runner("compress"))

@@ -46,6 +46,7 @@ import statistics
 import time
 import warnings
 
+from framework.eval.streaming import open_stream
 from framework.models.sliding import SlidingWindowError, sliding_window_model
 
 METHODS = ("comet", "full", "sliding")
@@ -133,7 +134,8 @@ def build_tiny_model(seed: int = 0, comet: dict | None = None):
     """A tiny random qwen3 CoMeT model on the project tokenizer: (model, tokenizer)."""
     import torch
 
-    from framework.methods.base_model import build_base_model, load_tokenizer, tiny_qwen3
+    from framework.job import tiny_qwen3
+    from framework.methods.base_model import build_base_model, load_tokenizer
     from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
 
     cfg = tiny_qwen3()
@@ -146,14 +148,22 @@ def build_tiny_model(seed: int = 0, comet: dict | None = None):
 
 
 # ---------------------------------------------------------------------------------------- runners
-class CometRunner:
-    """Streaming prefill and decode on a CoMeT stream."""
+class StreamRunner:
+    """Prefill and greedy decode on a fresh stream of the model per prompt (``framework.eval.streaming``): a
+    CoMeT model streams chunk by chunk; a transformers causal LM prefills with use_cache=True, then decodes on
+    its KV cache, the prompt fed in one forward (block None) or in blocks of that many tokens (the sliding
+    window's)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, block: int | None = None):
+        self.model, self.block, self.stream = model, block, None
+
+    @property
+    def cache(self):
+        """The KV cache of a transformers LM's stream (None for a CoMeT model, or before a prefill)."""
+        return getattr(self.stream, "cache", None)
 
     def prefill(self, ids):
-        self.stream = self.model.stream()
+        self.stream = open_stream(self.model, self.block)
         return self.stream.feed(ids, logits="last")[:, -1].argmax(-1)
 
     def step(self, token):
@@ -163,34 +173,7 @@ class CometRunner:
         self.stream = None
 
 
-class HFRunner:
-    """A transformers causal LM: prefill with use_cache=True, then decode on the KV cache. block: None
-    for one prefill forward, or the prompt fed in blocks of that many tokens (the sliding window's)."""
-
-    def __init__(self, model, block: int | None = None):
-        from framework.models.hf_compat import cache_keyword
-
-        self.model, self.block = model, block
-        self.cache_key = cache_keyword(model)
-
-    def _forward(self, ids):
-        kwargs = {} if self.cache is None else {self.cache_key: self.cache}
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
-        self.cache = out.past_key_values
-        return out.logits[:, -1].argmax(-1)
-
-    def prefill(self, ids):
-        self.cache = None
-        block = self.block or ids.shape[1]
-        for start in range(0, ids.shape[1], block):
-            token = self._forward(ids[:, start:start + block])
-        return token
-
-    def step(self, token):
-        return self._forward(token[:, None])
-
-    def close(self):
-        self.cache = None
+HFRunner = StreamRunner  # the name of the transformers causal LM runner (full and sliding) before StreamRunner
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -338,12 +321,12 @@ def benchmark(model, methods, lengths, decode_tokens: int, window: int, repeats:
     runners, unavailable = {}, {}
     for method in methods:
         if method == "comet":
-            runners[method] = CometRunner(model)
+            runners[method] = StreamRunner(model)
         elif method == "full":
-            runners[method] = HFRunner(backbone)
+            runners[method] = StreamRunner(backbone)
         else:
             try:
-                runners[method] = HFRunner(sliding_window_model(backbone, window).eval(), block=window)
+                runners[method] = StreamRunner(sliding_window_model(backbone, window).eval(), block=window)
             except SlidingWindowError as err:
                 unavailable[method] = str(err)
                 log(f"sliding skipped: {err}")

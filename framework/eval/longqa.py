@@ -44,7 +44,7 @@ def answer(model, tokenizer, sample, max_new_tokens: int) -> str:
 
 def models_to_compare(model, window: int | None) -> dict:
     """{name: causal LM} answering the same samples: the model, its base at full context, its base with a window."""
-    from framework.eval.perplexity import is_comet
+    from framework.eval.streaming import is_comet
     from framework.models.sliding import sliding_window_model
 
     base = model.backbone if is_comet(model) else model
@@ -60,7 +60,7 @@ def evaluate(models: dict, tokenizer, tasks, lengths, samples: int, seed: int, m
              log=lambda _: None) -> dict:
     """{"scores": {model: {task: {length: {"em", "f1", "n"}}}}, "examples": [...]}, every model on the same samples."""
     from data_pipelines.longqa import make_samples
-    from framework.eval.qa_scoring import exact_match, f1
+    from framework.metrics.qa_scoring import exact_match, f1
 
     scores = {name: {} for name in models}
     examples = []

@@ -29,7 +29,7 @@ class LoadedModel:
 
 
 def _find_model_dir(root: str) -> str | None:
-    from framework.models.loading import find_model_dir
+    from framework.methods.registry import find_model_dir
 
     try:
         return find_model_dir(root)
@@ -73,7 +73,8 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None, scratch: str | 
 
     import mlflow
 
-    from framework.tracking.store import TrackingConfig, check_store, resolve_tracking_uri
+    from framework.job import TrackingConfig
+    from framework.tracking.store import check_store, resolve_tracking_uri
 
     store = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
     check_store(store)
@@ -105,7 +106,8 @@ def load_model(uri: str, tracking_uri: str | None = None, device: str | None = N
     import torch
     from transformers import AutoTokenizer
 
-    from framework.models.loading import NotACausalLMError, is_compressor_dir, load_causal_lm, load_saved_model
+    from framework.methods.registry import load_saved_model
+    from framework.models.loading import NotACausalLMError, is_compressor_dir, load_causal_lm
 
     directory = resolve_model_dir(uri, tracking_uri)
     if compressor and not is_compressor_dir(directory):

@@ -3,7 +3,8 @@
     longctx eval passkey --model models:/comet-passkey-tiny@champion \\
         --lengths 4096,65536,1048576 --depths 0,0.25,0.5,0.75,1 --trials 8 --seed 0 --out outputs/eval/passkey
 
-Each haystack is streamed through the model chunk by chunk (``CoMeTStream``), so memory stays
+Each haystack is streamed through the model chunk by chunk (``CoMeTStream``; another causal LM on its KV
+cache, ``framework.eval.streaming``), so a CoMeT model's memory stays
 flat whatever the length; then tokens are decoded greedily until the answer's first run of digits ends
 or holds as many digits as the key. A trial is correct when that run is the key exactly (answers are
 compared as text, so any tokenizer works: one token per digit, or digits grouped as Llama 3 does). Prints one JSON summary on stdout:
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from data_pipelines.synthetic import PASSKEY_REPEAT_FILLER
+from framework.eval.streaming import KVCacheLM, is_comet
 
 DEFAULT_LENGTHS = "4096,65536,1048576"
 DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -226,9 +228,7 @@ def passkey_report(loaded, lengths, depths, trials, seed, out_dir, *, filler=PAS
     from framework.eval.reporting import log_to_active_run, progress, write_summary
 
     started = time.perf_counter()
-    from framework.eval.perplexity import is_comet
-
-    model = loaded.model if is_comet(loaded.model) else FullAttentionLM(loaded.model)  # SWAT, a baseline
+    model = loaded.model if is_comet(loaded.model) else KVCacheLM(loaded.model)  # SWAT, a baseline
     results = evaluate_passkey(model, loaded.tokenizer, lengths, depths, trials, seed=seed, digits=digits,
                                filler=filler, batch_size=batch_size, log=progress)
     summary = {"model": loaded.uri, "seed": seed, "digits": digits, **summarize(results, digits)}
@@ -275,46 +275,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- full attention
-class _FullAttentionStream:
-    """The ``feed`` of ``CoMeTStream`` for a plain transformers causal LM: each feed extends one KV cache."""
-
-    def __init__(self, model):
-        self.model, self.cache = model, None
-
-    def feed(self, input_ids, logits: str | None = "last"):
-        import torch
-
-        if logits not in ("last", None):
-            raise ValueError(f"logits={logits!r}: the full-attention passkey path only decodes ('last' or None)")
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
-        return out.logits if logits == "last" else None
-
-
-class FullAttentionLM:
-    """A transformers causal LM (e.g. the base a CoMeT model was fine-tuned from) seen through the interface
-    `evaluate_passkey` streams through, so both models answer the very same haystacks.
-
-    The whole prompt goes through one forward with ``use_cache=True`` (``prefill_tokens`` is larger than
-    any haystack, so `evaluate_passkey` feeds it in one piece), keeping only the last position's logits;
-    the key is then decoded greedily on the KV cache. Memory grows with the length (the KV cache and,
-    without a memory-efficient kernel, the attention scores): the caller decides which lengths fit.
-    """
-
-    def __init__(self, model, prefill_tokens: int = 1 << 40):
-        from types import SimpleNamespace
-
-        self.model = model.eval()
-        self.config = SimpleNamespace(chunk_size=prefill_tokens)  # evaluate_passkey's feed size
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def stream(self) -> _FullAttentionStream:
-        return _FullAttentionStream(self.model)
-
-
 def evaluate_passkey_full_attention(model, tokenizer, lengths: Sequence[int], depths: Sequence[float], trials: int,
                                     seed: int = 0, digits: int = 5, filler=PASSKEY_REPEAT_FILLER,
                                     batch_size: int | None = 1,
@@ -324,5 +284,5 @@ def evaluate_passkey_full_attention(model, tokenizer, lengths: Sequence[int], de
     The haystacks, keys and scoring are exactly those `evaluate_passkey` gives a CoMeT model with the
     same arguments; `batch_size` defaults to 1 because a full-attention prefill's memory grows with it.
     """
-    return evaluate_passkey(FullAttentionLM(model), tokenizer, lengths, depths, trials, seed=seed, digits=digits,
+    return evaluate_passkey(KVCacheLM(model), tokenizer, lengths, depths, trials, seed=seed, digits=digits,
                             filler=filler, batch_size=batch_size, log=log)

@@ -50,6 +50,8 @@ import json
 import math
 import os
 
+from framework.eval.streaming import is_comet, read_document
+
 DEFAULT_SEQ_LEN = 16384
 DEFAULT_OUT = os.path.join("outputs", "eval", "perplexity")
 IGNORE_INDEX = -100
@@ -241,14 +243,12 @@ def stream_document_nll(model, input_ids, labels, totals: BucketTotals, piece_le
     Token t+1 is scored by the logits at t when labels[:, t+1] != -100 (the model's own
     shift). Only one piece's logits exist at any time.
     """
-    import torch
+    read_document(model, input_ids, piece_len, "stream", _scorer(totals, labels))
 
-    length = input_ids.shape[1]
-    stream = model.stream()
-    with torch.no_grad():
-        for start in range(0, length - 1, piece_len):  # the last token predicts nothing: never fed
-            end = min(start + piece_len, length - 1)
-            _score_piece(totals, stream.feed(input_ids[:, start:end], logits="all"), labels, start, end)
+
+def _scorer(totals, labels):
+    """The ``score(logits, start, end)`` of `read_document` that adds the NLL of each piece to `totals`."""
+    return lambda logits, start, end: _score_piece(totals, logits, labels, start, end)
 
 
 def _score_piece(totals, logits, labels, start: int, end: int) -> None:
@@ -389,25 +389,11 @@ def _metrics(summary: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- in-process use
-def is_comet(model) -> bool:
-    from framework.models.comet import CoMeTForCausalLM
-
-    return isinstance(model, CoMeTForCausalLM)
-
-
 def full_attention_document_nll(model, input_ids, labels, totals: BucketTotals, piece_len: int = 4096) -> None:
     """`stream_document_nll` for a plain transformers causal LM: one full-attention forward over the
     (B, L) documents, then the logits of `piece_len` positions at a time from the final hidden states
     (all L x vocabulary logits at once would not fit at long lengths)."""
-    import torch
-
-    length = input_ids.shape[1]
-    with torch.inference_mode():
-        hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state  # the last token predicts nothing
-        head = model.get_output_embeddings()
-        for start in range(0, length - 1, piece_len):
-            end = min(start + piece_len, length - 1)
-            _score_piece(totals, head(hidden[:, start:end]), labels, start, end)
+    read_document(model, input_ids, piece_len, "full", _scorer(totals, labels))
 
 
 # ---------------------------------------------------------------------------------------- comparing with the base model
@@ -458,13 +444,7 @@ def window_document_nll(model, input_ids, labels, totals, window: int) -> None:
     alone: window k (positions k*window .. (k+1)*window-1) runs on its own, and its logits score tokens
     k*window+1 .. (k+1)*window, so the first token of window k+1 is predicted by the last position of window k.
     One window's logits exist at any time."""
-    import torch
-
-    length = input_ids.shape[1]
-    with torch.inference_mode():
-        for start in range(0, length - 1, window):  # the last token predicts nothing: never fed
-            end = min(start + window, length - 1)
-            _score_piece(totals, model(input_ids=input_ids[:, start:end], use_cache=False).logits, labels, start, end)
+    read_document(model, input_ids, window, "window", _scorer(totals, labels))
 
 
 def base_full_skip_reason(backbone, seq_len: int, max_len: int | None) -> str | None:

@@ -14,10 +14,12 @@ tokens, stopping at the tokenizer's eos):
                    rho = (L/r - 1)/(L - 1) of L-token segments read closely, so RAM cannot exceed L:1;
   truncation/<r>   the first m context tokens, m being the memory length the compressor reached on
                    that same sample (the same budget, per sample). The head is kept, as a reader
-                   that runs out of room would; the answer may lie anywhere in the context.
+                   that runs out of room would; the answer may lie anywhere in the context. (This is the
+                   *achieved*-budget truncation; ``benchmarks/compression_qa.py``'s "truncation" keeps
+                   ceil(n / r) tokens, the *requested* ratio's budget: docs/benchmarks.md.)
 
 The ratio of a setting is what it achieved: all context tokens / all memory slots. Answers are
-scored by exact match and token F1 after SQuAD normalisation (``framework.eval.qa_scoring``), the
+scored by exact match and token F1 after SQuAD normalisation (``framework.metrics.qa_scoring``), the
 best over a sample's acceptable answers. compress_ms / decode_ms are the mean wall time per sample of
 building the memory and of decoding from it (in batches of --batch-size). For RAM the compressed
 settings add answer_segment_recall: the share of the segments holding the answer (the sample's
@@ -161,7 +163,9 @@ def data_spec(data: str | None, seq_len: int | None, seed: int | None, num_sampl
 # ---------------------------------------------------------------------------------------- evaluation
 @dataclass
 class SettingTotals:
-    """What one way of answering (uncompressed, compressed/r, truncation/r) added up over the samples."""
+    """What one way of answering (uncompressed, compressed/r, truncation/r) added up over the samples.
+    correct: each sample's exact match as a bool, in order; kept_share: per RAM sample, the share of its
+    segments read closely (the chance level of answer_segment_recall); predictions: the first NUM_EXAMPLES."""
 
     samples: int = 0
     exact_match: float = 0.0
@@ -174,6 +178,35 @@ class SettingTotals:
     recall_total: int = 0
     keep_fraction: float | None = None
     predictions: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+    kept_share: list = field(default_factory=list)
+
+    def add(self, memory, texts, answers) -> None:
+        """Score one batch: `memory` (a Compressed) gives the tokens and slots, `texts` the decoded answers,
+        `answers` each sample's acceptable answers."""
+        from framework.metrics.qa_scoring import exact_match, f1
+
+        self.context_tokens += sum(memory.context_tokens)
+        self.memory_slots += sum(memory.memory_slots)
+        for text, gold in zip(texts, answers):
+            em = exact_match(text, gold)
+            self.samples += 1
+            self.exact_match += em
+            self.f1 += f1(text, gold)
+            self.correct.append(em == 1.0)
+            if len(self.predictions) < NUM_EXAMPLES:
+                self.predictions.append(text)
+
+    def add_recall(self, comp, segment_size: int | None = None) -> None:
+        """RAM: add the batch's answer-segment counts; with `segment_size`, each sample's kept share too."""
+        from framework.models.compression import ram
+
+        hits, total = comp.answer_segments_read()
+        self.recall_hits += hits
+        self.recall_total += total
+        if segment_size is not None:
+            for kept, tokens in zip(comp.kept, comp.context_tokens):
+                self.kept_share.append(len(kept) / max(1, len(ram.segment_bounds(tokens, segment_size))))
 
     def summary(self, recall: bool = False) -> dict:
         n = max(1, self.samples)
@@ -206,7 +239,6 @@ def evaluate_qa(model, tokenizer, source, num_samples: int, ratios: Sequence[flo
     import torch
 
     from data_pipelines.loader import collate
-    from framework.eval.qa_scoring import exact_match, f1
     from framework.models.compression import ram
 
     model.eval()
@@ -228,15 +260,7 @@ def evaluate_qa(model, tokenizer, source, num_samples: int, ratios: Sequence[flo
         t2 = timer.now()
         total = totals[setting]
         total.compress_s, total.decode_s = total.compress_s + (t1 - t0), total.decode_s + (t2 - t1)
-        total.context_tokens += sum(memory.context_tokens)
-        total.memory_slots += sum(memory.memory_slots)
-        for row, answers in zip(ids, batch["answers"]):
-            text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            total.samples += 1
-            total.exact_match += exact_match(text, answers)
-            total.f1 += f1(text, answers)
-            if len(total.predictions) < NUM_EXAMPLES:
-                total.predictions.append(text)
+        total.add(memory, [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids], batch["answers"])
         return memory
 
     with torch.no_grad():
@@ -257,9 +281,7 @@ def evaluate_qa(model, tokenizer, source, num_samples: int, ratios: Sequence[flo
                 comp = answer_and_score(("compressed", r),
                                         lambda: model.compress(ctx, ctx_mask, q, q_mask, evidence, ratio=r), batch)
                 if ram_model:
-                    for kept, positives in zip(comp.kept, comp.positives):
-                        totals["compressed", r].recall_hits += len(set(kept) & set(positives))
-                        totals["compressed", r].recall_total += len(positives)
+                    totals["compressed", r].add_recall(comp)
                 answer_and_score(("truncation", r), lambda: model.token_memory(ctx, ctx_mask, keep_tokens=comp.memory_slots),
                                  batch)
             unc = totals["uncompressed"]

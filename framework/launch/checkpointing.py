@@ -34,7 +34,7 @@ class DataCursor:
 
 class StepCheckpointReport(pl.Callback):
     def __init__(self, every_n_steps: int, cursor: DataCursor, run_id: str | None, mlflow_logger=None,
-                 export_fn=None, scratch_dir: str | None = None, stop_poll=None):
+                 export_fn=None, scratch_dir: str | None = None, stop_poll=None, schedule: dict | None = None):
         self.every_n_steps = every_n_steps
         self.stop_poll = stop_poll  # framework.launch.preemption.WorkerStopPoll: the driver got SIGTERM
         self.preempted = False
@@ -43,6 +43,7 @@ class StepCheckpointReport(pl.Callback):
         self.mlflow_logger = mlflow_logger
         self.export_fn = export_fn  # (trainer, pl_module, directory) -> None, called on every rank at the end
         self.scratch_dir = scratch_dir
+        self.schedule = schedule  # the run's plan, written to every manifest (framework.launch.data.AttemptPlan)
         self._last_saved = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -87,7 +88,8 @@ class StepCheckpointReport(pl.Callback):
         if rank0:
             write_manifest(directory, step=step, samples_consumed=self.cursor.at(step),
                            global_batch=self.cursor.global_batch, world_size=trainer.world_size,
-                           mlflow_run_id=self.run_id, data_seed=self.cursor.seed, exclude=(EXPORT_DIR,))
+                           mlflow_run_id=self.run_id, data_seed=self.cursor.seed, exclude=(EXPORT_DIR,),
+                           schedule=self.schedule)
         metrics = {"step": step, "final": final}
         loss = trainer.callback_metrics.get("loss")
         if loss is not None:

@@ -1,6 +1,6 @@
 """The command line every recipe shares: presets, the common flags, and dotted overrides.
 
-    python recipes/comet_32k.py --preset tiny --num-workers 2 --data.seq_len 512 --method.lr=1e-3
+    python recipes/comet_32k.py --preset tiny --num-workers 2 --data.seq_len 512 --optim.lr=1e-3
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, Mapping, Sequence
 
-from framework.config import ConfigError, apply_overrides, describe, from_dict
+from framework.config import ConfigError, apply_overrides, describe, from_dict, upgrade_keys
 from framework.tracking.redact import redact_text
 
 EXIT_BAD_INPUT = 2
@@ -41,9 +41,56 @@ FLAG_FIELDS = {"max_steps": "launch.max_steps", "num_workers": "launch.num_worke
                "run_name": "launch.run_name"}
 
 
+# old flags of the recipes that evaluated by hand, now the job's `eval` section: old flag -> (dotted field, the
+# value a flag without one sets). A recipe that still defines the flag itself (add_flags) keeps its own.
+EVAL_FLAG_ALIASES = {
+    "--eval-multiples": ("eval.passkey.multiples", None), "--eval-lengths": ("eval.passkey.lengths", None),
+    "--eval-depths": ("eval.passkey.depths", None), "--eval-trials": ("eval.passkey.trials", None),
+    "--eval-filler": ("eval.passkey.filler", None), "--ppl-docs": ("eval.perplexity.docs", None),
+    "--base-max-len": ("eval.base.max_len", None), "--no-base": ("eval.base.enabled", "false"),
+    "--eval-out": ("eval.out_dir", None), "--no-eval": ("eval.tasks", "[]"),
+}
+
+
+def translate_aliases(argv: Sequence[str], aliases: Mapping[str, tuple[str, str | None]],
+                      own: Sequence[str] = ()) -> list[str]:
+    """argv with each deprecated alias (`--eval-trials 2`) as its dotted override (`--eval.passkey.trials 2`),
+    one deprecation line for all; flags in `own` (the recipe's own parser options) are left alone."""
+    from framework.config import deprecated
+
+    out, used, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        flag, eq, value = tok.partition("=")
+        if flag not in aliases or flag in own:
+            out.append(tok)
+            i += 1
+            continue
+        field, fixed = aliases[flag]
+        if fixed is not None:
+            out += [f"--{field}", fixed]
+            used.append((flag, f"--{field} {fixed}"))
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{flag} needs a value. Fix: --{field} VALUE ({flag} is its old name)")
+            value, i = argv[i + 1], i + 1
+        out += [f"--{field}", value]
+        used.append((flag, f"--{field}"))
+        i += 1
+    if used:
+        deprecated(f"{', '.join(o for o, _ in used)}: now the job's eval section (the old flags still work for now). "
+                   f"Fix: use {', '.join(n for _, n in used)}")
+    return out
+
+
 def build_parser(description: str, presets: Sequence[str], default: str) -> argparse.ArgumentParser:
+    epilog = ("Any config field can be set as --section.field VALUE; --help-config lists them.\n"
+              f"Deprecated, still accepted: the old evaluation flags {', '.join(EVAL_FLAG_ALIASES)} "
+              "(aliases of --eval.*).")
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Any config field can be set as --section.field VALUE; --help-config lists them.")
+                                epilog=epilog)
     p.add_argument("--preset", choices=list(presets), default=default, help=f"starting config (default {default})")
     p.add_argument("--config", help="a YAML file of config sections, applied before the flags")
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: the data's epochs)")
@@ -57,6 +104,19 @@ def build_parser(description: str, presets: Sequence[str], default: str) -> argp
     p.add_argument("--run-name", help="MLflow run name (the key of --resume auto)")
     p.add_argument("--help-config", action="store_true", help="print every config field and its value, then exit")
     return p
+
+
+def _deep_update(base: dict, values: dict, section) -> None:
+    """Merge `values` into `base` (the dict of dataclass `section`): a nested section (eval.passkey) keeps the
+    fields the YAML does not set; any other value, a dict field (data.options) too, is replaced."""
+    import dataclasses
+
+    for key, value in values.items():
+        child = getattr(section, key, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(child) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value, child)
+        else:
+            base[key] = value
 
 
 def compose(args, overrides: list[str], presets: Mapping[str, Callable], flag_fields: Mapping[str, str] | None = None):
@@ -82,11 +142,12 @@ def compose(args, overrides: list[str], presets: Mapping[str, Callable], flag_fi
             raise ConfigError(f"--config {args.config}: the top level is a {type(data).__name__}, not a mapping of "
                               "config sections. Fix: e.g. 'data:' then '  seq_len: 512'")
         merged = dataclasses.asdict(cfg)
+        data = upgrade_keys(type(cfg), data, where=f"--config {args.config}")  # old section names (method:)
         for section, values in data.items():
             if not isinstance(values, dict) or section not in merged:
                 raise ConfigError(f"{args.config}: top-level key {section!r} is not a config section "
                                   f"({sorted(merged)}). Fix: nest fields under their section")
-            merged[section].update(values)
+            _deep_update(merged[section], values, getattr(cfg, section))
         cfg = from_dict(type(cfg), merged)
     flag_overrides = {field: getattr(args, dest) for dest, field in {**FLAG_FIELDS, **(flag_fields or {})}.items()}
     tokens = []
@@ -101,7 +162,10 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
          check: Callable[[argparse.Namespace, object], None] | None = None,
          after: Callable[[argparse.Namespace, object, object], int] | None = None,
          flag_fields: Mapping[str, str] | None = None, run: Callable | None = None) -> int:
-    """Parse, compose the config, train on Ray, register; then `after(args, cfg, result)` if given.
+    """Parse, compose the config, train on Ray, register; then the job's evaluations (its `eval` section:
+    checked before training, run on the registered model by framework.eval.after_training), then
+    `after(args, cfg, result)` if given. Old evaluation flags (EVAL_FLAG_ALIASES, e.g. --eval-trials) still
+    work as aliases of the --eval.* overrides, with a deprecation line.
 
     add_flags adds recipe-specific flags to the parser. check(args, cfg) vets them before anything
     starts (a ValueError is bad input: exit 2). after runs on the driver once the job has finished
@@ -112,15 +176,19 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     returns the JobResult whose registered model the recipe reports.
     """
     from framework.launch.run import LaunchError, run_job
-    from framework.methods.base_model import BaseModelError
+    from framework.job import BaseModelError
     from framework.tracking.checkpoints import CheckpointError
     from framework.tracking.store import TrackingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    flags, overrides = split_overrides(argv)
     parser = build_parser(description, presets, default)
     if add_flags is not None:
         add_flags(parser)
+    try:
+        argv = translate_aliases(argv, EVAL_FLAG_ALIASES, own=list(parser._option_string_actions))
+    except ConfigError as err:
+        parser.error(str(err))
+    flags, overrides = split_overrides(argv)
     args = parser.parse_args(flags)
     try:
         cfg = compose(args, overrides, presets, flag_fields)
@@ -135,6 +203,14 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
             lines += describe_options(kind)
         print("\n".join(redact_text(line) for line in lines))
         return 0
+    evaluations = getattr(getattr(cfg, "eval", None), "tasks", None)
+    if evaluations:  # the eval section's rules that need the rest of the job: before anything starts
+        from framework.eval.after_training import check_evaluation
+
+        try:
+            check_evaluation(cfg)
+        except ValueError as err:
+            parser.error(redact_text(str(err)))
     if check is not None:
         try:
             check(args, cfg)
@@ -165,9 +241,13 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
               "[longctx] or serve it:\n"
               f"    MLFLOW_TRACKING_URI={shown_uri} mlflow models serve -m {result.registered_uri} "
               "--env-manager local -h 127.0.0.1 -p 5001")
+    if (evaluations or after is not None) and not result.registered_uri:
+        print("[longctx] no model was registered (tracking.register is off), so nothing is evaluated", file=sys.stderr)
+        return 0
+    if evaluations:  # the job's eval section, on the registered model
+        from framework.eval.after_training import run_evaluations
+
+        run_evaluations(cfg, result)
     if after is not None:
-        if not result.registered_uri:
-            print("[longctx] no model was registered (tracking.register is off), so nothing is evaluated", file=sys.stderr)
-            return 0
         return after(args, cfg, result)
     return 0

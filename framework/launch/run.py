@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from framework.config import ConfigError, to_dict
-from framework.launch.config import PIPELINE_STRATEGY, TrainJob
+from framework.job import PIPELINE_STRATEGY, TrainJob
 from framework.methods.registry import method_for
 from framework.tracking.redact import redact, redact_text
 from framework.tracking.store import (TrackingError, check_store, default_artifact_location, ensure_experiment,
@@ -54,6 +54,9 @@ def validate(cfg: TrainJob) -> None:
     if cfg.launch.strategy == PIPELINE_STRATEGY and not spec.pipeline:
         raise ConfigError(f"launch.strategy=pipeline is CoMeT's layer pipeline over chunks; the {spec.name!r} method "
                           "has no chunks to split. Fix: --launch.strategy ddp (or fsdp)")
+    if cfg.launch.strategy not in spec.strategies:
+        raise ConfigError(f"launch.strategy={cfg.launch.strategy} cannot train the {spec.name!r} method (its "
+                          f"MethodSpec lists {list(spec.strategies)}). Fix: --launch.strategy {spec.strategies[0]}")
     _check_local_paths(cfg)
     spec.validate(cfg)
     import data_pipelines
@@ -178,13 +181,13 @@ def run_job(cfg: TrainJob, resume: str | None = None, tags: dict | None = None,
     num_samples = cfg.data.num_samples
     if num_samples is None and cfg.launch.max_steps is None:
         num_samples = len(build_source(cfg.data, load_tokenizer(cfg.model)))
-    steps = total_steps(cfg.data, num_samples or 0, cfg.data.batch_size * cfg.data_replicas(), cfg.launch.max_steps)
+    steps = total_steps(cfg.data, num_samples or 0, cfg.global_batch(), cfg.launch.max_steps)
 
     storage_path, storage_fs = _storage(cfg)
     spill_dir = str(Path.cwd() / "outputs" / "mlflow-backlog")
     payload = {
         "method": type(cfg).METHOD, "job": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
-        "total_steps": steps, "spill_dir": spill_dir,
+        "total_steps": steps, "num_samples": num_samples, "spill_dir": spill_dir,
         "resume": dataclasses.asdict(plan),
     }
     try:

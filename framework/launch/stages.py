@@ -22,11 +22,11 @@ import sys
 from dataclasses import asdict, dataclass
 
 from framework.config import ConfigError
+from framework.job import TrackingConfig
 from framework.launch.run import JobResult, LaunchError, run_job
 from framework.tracking.checkpoints import CheckpointError, newest_run_checkpoint
 from framework.tracking.redact import redact, redact_params
-from framework.tracking.store import (TrackingConfig, check_store, default_artifact_location, ensure_experiment,
-                                      resolve_tracking_uri)
+from framework.tracking.store import check_store, default_artifact_location, ensure_experiment, resolve_tracking_uri
 
 STAGES_TAG = "longctx.stages"      # on the parent: the recipe's run of several jobs
 STAGE_TAG = "longctx.stage"        # on a child: "<parent id>/<stage>"

@@ -15,11 +15,13 @@ import torch
 
 from framework.config import from_dict
 from framework.launch.checkpointing import DataCursor, StepCheckpointReport
-from framework.launch.config import TrainJob
-from framework.launch.data import build_source, rank_loader
-from framework.methods.registry import get_method, method_for
-from framework.models.loading import find_model_dir
+from framework.job import TrainJob
+from framework.launch.data import attempt_plan, build_source, rank_loader
+from framework.methods.registry import find_model_dir, get_method, method_for
 from framework.tracking.checkpoints import STATE_FILE, download_run_checkpoint, read_manifest
+
+
+WORLD_SIZE_TAG = "longctx.resume.world_size_changes"  # every resume on another world size or global batch
 
 
 def build_model(cfg: TrainJob, tokenizer, init_dir: str | None = None):
@@ -67,8 +69,9 @@ def _strategy(cfg: TrainJob):
     if cfg.launch.strategy == "pipeline":
         from framework.strategies.ray_pipeline import RayLayerPipelineStrategy
 
+        # run.validate let only a method whose spec lists "pipeline" (and so gives pipeline_chunk) get here
         return RayLayerPipelineStrategy(pipeline_size=cfg.launch.pipeline_size, seq_len=cfg.data.seq_len,
-                                        chunk_size=cfg.comet.chunk_size)  # validate: only CoMeT runs here
+                                        chunk_size=method_for(cfg).pipeline_chunk(cfg))
     return RayDDPStrategy(find_unused_parameters=False)
 
 
@@ -85,8 +88,8 @@ def _exporter(cfg: TrainJob, tokenizer):
 
             model = build_model(cfg, tokenizer)  # no adapters: LoRA is merged into the gathered weights
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-            if getattr(cfg.method, "backbone", "full") == "lora":
-                state = merge_lora_state_dict(state, cfg.method.lora_alpha / cfg.method.lora_rank)
+            if getattr(cfg.optim, "backbone", "full") == "lora":
+                state = merge_lora_state_dict(state, cfg.optim.lora_alpha / cfg.optim.lora_rank)
             model.load_state_dict(state)
         else:
             model = module.model
@@ -131,12 +134,12 @@ def train_loop_per_worker(payload: dict) -> None:
     # the ranks of one pipeline group share a data replica (mesh: rank = data_index * pipeline_size + stage)
     data_world = cfg.data_replicas()
     data_rank = rank // (world // data_world)
-    global_batch = cfg.data.batch_size * data_world
-    if manifest:
-        cursor = DataCursor(manifest["step"], manifest["data"]["samples_consumed"], global_batch, cfg.data.seed)
-    else:
-        cursor = DataCursor(0, 0, global_batch, cfg.data.seed)
+    global_batch = cfg.global_batch()
+    plan = attempt_plan(cfg.data, cfg.launch.max_steps, payload.get("num_samples"), global_batch, manifest)
+    cursor = DataCursor(plan.start_step, plan.start_samples, global_batch, cfg.data.seed)
     loader = rank_loader(source, cfg.data, data_rank, data_world, start_sample=cursor.at(cursor.base_step))
+    if rank == 0 and manifest and (manifest.get("world_size") != world or manifest["data"]["global_batch"] != global_batch):
+        _note_world_size_change(payload, manifest, world, global_batch, plan)
 
     logger = None
     if rank == 0:
@@ -145,10 +148,12 @@ def train_loop_per_worker(payload: dict) -> None:
     callback = StepCheckpointReport(
         cfg.launch.checkpoint_every_n_steps, cursor, payload["run_id"],
         mlflow_logger=logger if cfg.tracking.log_checkpoints else None,
-        export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch, stop_poll=_stop_poll(payload))
-    module = spec.lightning_module(model, cfg, payload["total_steps"])
+        export_fn=_exporter(cfg, tokenizer), scratch_dir=scratch, stop_poll=_stop_poll(payload),
+        schedule=plan.manifest_entry())
+    module = spec.lightning_module(model, cfg, plan.lr_steps())
     trainer = pl.Trainer(
-        max_steps=payload["total_steps"],
+        max_steps=plan.max_steps,
+        accumulate_grad_batches=cfg.launch.accumulate_grad_batches,
         accelerator="auto",
         devices="auto",
         strategy=_strategy(cfg),
@@ -172,6 +177,21 @@ def train_loop_per_worker(payload: dict) -> None:
     finally:  # local copies of what we started from (a checkpoint can be tens of GB); a restart fetches its own
         for copy in ("ray-resume", "mlflow-resume", "init"):
             shutil.rmtree(os.path.join(scratch, copy), ignore_errors=True)
+
+
+def _note_world_size_change(payload: dict, manifest: dict, world: int, global_batch: int, plan) -> None:
+    """A resume on another world size (or accumulation): say so, and record it on the run."""
+    note = (f"step {manifest['step']}: {manifest.get('world_size')} -> {world} workers, global batch "
+            f"{manifest['data']['global_batch']} -> {global_batch}; the schedule keeps its "
+            f"{plan.plan_steps * plan.plan_batch} samples, so this attempt trains to step {plan.max_steps}")
+    print(f"[longctx] resumed on another world size: {note}", flush=True)
+    if not payload.get("run_id"):
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(payload["tracking_uri"])
+    earlier = client.get_run(payload["run_id"]).data.tags.get(WORLD_SIZE_TAG)
+    client.set_tag(payload["run_id"], WORLD_SIZE_TAG, f"{earlier}; {note}" if earlier else note)
 
 
 def _stop_poll(payload: dict):

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods.lm_module import TokenLossModule
+from framework.methods.mlflow_model import TRACKING_DIR, MLflowModel, reconstruction_signature
 from framework.methods.registry import MethodSpec
+from framework.models.loading import is_autoencoder_dir
 
 ENCODER_FROM_BASE = "base"
 URI_PREFIXES = ("models:/", "runs:/")
@@ -183,8 +185,16 @@ def validate(cfg: AutoencoderJob) -> None:
                           f"needs at least one token per slot. Fix: --autoencoder.slots {cfg.data.seq_len} or fewer")
 
 
+MLFLOW_MODEL = MLflowModel(
+    name="context-autoencoder", pyfunc=TRACKING_DIR / "autoencoder_pyfunc_model.py", signature=reconstruction_signature,
+    input_example=lambda n: (["the house was quiet and the garden was green"], {"max_new_tokens": min(n, 4)}),
+    example_input=EXAMPLE_INPUT,
+    required=("autoencoder.safetensors", "encoder/config.json", "encoder/model.safetensors", "decoder/config.json",
+              "decoder/model.safetensors", "encoder/tokenizer.json|encoder/tokenizer_config.json"),
+    save_hint="Fix: write it with ContextAutoencoder.save_pretrained(model_dir, tokenizer=tokenizer)")
+
 METHOD = MethodSpec(
     name="autoencoder", job=AutoencoderJob, build_model=build_model, load_model=load_model, save_model=save_model,
-    lightning_module=lambda model, cfg, steps: AutoencoderModule(model, cfg.method, steps),
-    validate=validate, example_input=EXAMPLE_INPUT,
+    lightning_module=lambda model, cfg, steps: AutoencoderModule(model, cfg.optim, steps),
+    validate=validate, recognizes=is_autoencoder_dir, mlflow_model=MLFLOW_MODEL,
 )

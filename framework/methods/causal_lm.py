@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods.lm_module import TokenLossModule
+from framework.methods.mlflow_model import CAUSAL_LM
 from framework.methods.registry import MethodSpec
+from framework.models.loading import is_hf_dir
 
 ATTENTION_KINDS = ("full", "sliding")
 IGNORE_INDEX = -100
@@ -97,7 +99,7 @@ class CausalLMModule(TokenLossModule):
 
 
 def save_hf_model(model, directory: str, tokenizer) -> None:
-    """save_pretrained (safetensors) with the tokenizer beside it; LoRA adapters (method.backbone=lora) are
+    """save_pretrained (safetensors) with the tokenizer beside it; LoRA adapters (optim.backbone=lora) are
     merged, so the directory is a plain Hugging Face checkpoint."""
     from framework.models.lora import has_lora, plain_state_dict
 
@@ -143,6 +145,6 @@ def load_model(directory: str):
 
 METHOD = MethodSpec(
     name="causal_lm", job=CausalLMJob, build_model=build_model, load_model=load_model, save_model=save_hf_model,
-    lightning_module=lambda model, cfg, steps: CausalLMModule(model, cfg.method, steps, cfg.attention.loss_piece),
-    validate=validate,
+    lightning_module=lambda model, cfg, steps: CausalLMModule(model, cfg.optim, steps, cfg.attention.loss_piece),
+    validate=validate, recognizes=is_hf_dir, fallback=True, mlflow_model=CAUSAL_LM,
 )

@@ -5,13 +5,30 @@ The module wraps a built `CoMeTForCausalLM`; the memory modules train at lr x me
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 
 from framework.config import ConfigError
-from framework.launch.config import PIPELINE_STRATEGY, JobConfig
+from framework.job import PIPELINE_STRATEGY, TrainJob
 from framework.methods.lm_module import TokenLossModule
+from framework.methods.mlflow_model import generation_model
 from framework.methods.registry import MethodSpec
-from framework.models.comet import CoMeTForCausalLM
+from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
+from framework.models.loading import is_comet_dir
+
+
+@dataclass
+class CoMeTJob(TrainJob):
+    """CoMeT's job: the shared sections plus `comet`, the memory settings."""
+
+    METHOD: ClassVar[str] = "comet"
+
+    comet: CoMeTConfig = field(default_factory=CoMeTConfig)
+
+
+JobConfig = CoMeTJob  # its name before each method's job lived beside its method; old recipes import it
 
 
 class CoMeTModule(TokenLossModule):
@@ -32,7 +49,7 @@ class CoMeTModule(TokenLossModule):
         return out.loss_sum, out.num_tokens
 
 
-def build_model(cfg: JobConfig, tokenizer) -> CoMeTForCausalLM:
+def build_model(cfg: CoMeTJob, tokenizer) -> CoMeTForCausalLM:
     """The base model of cfg.model (pretrained or random) with CoMeT's memory plugged in."""
     from framework.methods.base_model import build_base_model
 
@@ -45,7 +62,7 @@ def build_model(cfg: JobConfig, tokenizer) -> CoMeTForCausalLM:
     return model
 
 
-def validate(cfg: JobConfig) -> None:
+def validate(cfg: CoMeTJob) -> None:
     if cfg.data.seq_len <= cfg.comet.chunk_size:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} fits in one chunk (comet.chunk_size={cfg.comet.chunk_size}); "
                           "CoMeT's memory is then never read. Fix: make seq_len a few chunks long, or lower chunk_size")
@@ -84,8 +101,12 @@ def _save(model: CoMeTForCausalLM, directory: str, tokenizer) -> None:
     model.save_pretrained(directory, tokenizer=tokenizer)
 
 
+MLFLOW_MODEL = generation_model(
+    "comet-causal-lm", "Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)")
+
 METHOD = MethodSpec(
-    name="comet", job=JobConfig, build_model=build_model, load_model=CoMeTForCausalLM.from_pretrained,
-    save_model=_save, lightning_module=lambda model, cfg, steps: CoMeTModule(model, cfg.method, steps),
-    validate=validate, pipeline=True,
+    name="comet", job=CoMeTJob, build_model=build_model, load_model=CoMeTForCausalLM.from_pretrained,
+    save_model=_save, lightning_module=lambda model, cfg, steps: CoMeTModule(model, cfg.optim, steps),
+    validate=validate, recognizes=is_comet_dir, mlflow_model=MLFLOW_MODEL,
+    strategies=("ddp", "fsdp", "pipeline"), pipeline_chunk=lambda cfg: cfg.comet.chunk_size,
 )

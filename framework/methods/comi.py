@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods import compression as shared
 from framework.methods.registry import MethodSpec
 
@@ -61,6 +61,7 @@ class COMIModule(shared.CompressionQAModule):
 
 METHOD = MethodSpec(
     name="comi", job=COMIJob, build_model=shared.build_model, load_model=shared.load_model,
-    save_model=shared.save_model, validate=shared.validate, example_input=shared.EXAMPLE_INPUT,
-    lightning_module=lambda model, cfg, steps: COMIModule(model, cfg.method, steps, cfg.compression, cfg.launch.seed),
+    save_model=shared.save_model, validate=shared.validate, recognizes=shared.is_compressor_dir,
+    mlflow_model=shared.MLFLOW_MODEL,
+    lightning_module=lambda model, cfg, steps: COMIModule(model, cfg.optim, steps, cfg.compression, cfg.launch.seed),
 )

@@ -19,10 +19,18 @@ import torch
 from data_pipelines.qa import QA_KINDS
 from framework.config import ConfigError
 from framework.methods.lm_module import TokenLossModule, global_token_mean
-from framework.methods.optim import lr_scheduler
+from framework.methods.mlflow_model import TOKENIZER, TRACKING_DIR, WEIGHTS, MLflowModel, qa_signature
+from framework.methods.optim import lr_scheduler, param_groups
+from framework.models.loading import is_compressor_dir
 
 DECODER_MODES = ("attention", "lora", "full", "frozen")
 EXAMPLE_INPUT = "{'context': ['pear: 41907. plum: 22815.'], 'question': ['What is the value of plum?']}"
+MLFLOW_MODEL = MLflowModel(
+    name="qa-compressor", pyfunc=TRACKING_DIR / "qa_pyfunc_model.py", signature=qa_signature,
+    input_example=lambda n: ({"context": ["pear: 41907. plum: 22815."], "question": ["What is the value of plum?"]},
+                             {"max_new_tokens": min(n, 4)}),
+    example_input=EXAMPLE_INPUT, required=("config.json", "compressor.safetensors", WEIGHTS, TOKENIZER),
+    save_hint="Fix: write it with CompressorForQA.save_pretrained(model_dir, tokenizer=tokenizer)")
 
 
 @dataclass
@@ -111,7 +119,7 @@ class CompressionQAModule(TokenLossModule):
         comp = out.compressed
         self._last = {"loss": mean.item(), "tokens_in_batch": float(batch["context_ids"].numel()),
                       "labelled_tokens": labelled.item(), "aux": float(out.aux_loss.detach()),
-                      "ratio": comp.ratio, "recall": _answer_recall(comp)}
+                      "ratio": comp.ratio, "recall": comp.answer_segment_recall}
         return loss + out.aux_loss + touch
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -124,25 +132,10 @@ class CompressionQAModule(TokenLossModule):
 
     def configure_optimizers(self):
         cfg = self.optim
-        groups = []
-        for name, params in self.groups.items():
-            for decay in (True, False):
-                chosen = [p for p in params if p.requires_grad and (p.ndim >= 2) == decay]
-                if chosen:
-                    groups.append({"params": chosen, "lr": cfg.lr, "name": name + ("" if decay else "_no_decay"),
-                                   "weight_decay": cfg.weight_decay if decay else 0.0})
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        opt = torch.optim.AdamW(param_groups(self.model, (), cfg, named=self.groups), lr=cfg.lr,
+                                betas=tuple(cfg.betas), eps=cfg.eps)
         sched = lr_scheduler(opt, cfg, self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _answer_recall(comp) -> float | None:
-    """The share of answer-holding segments that RAM read closely (None without segment labels)."""
-    hits = total = 0
-    for kept, positives in zip(comp.kept, comp.positives):
-        total += len(positives)
-        hits += len(set(kept) & set(positives))
-    return hits / total if total else None
 
 
 def build_model(cfg, tokenizer):
@@ -179,3 +172,19 @@ def validate(cfg) -> None:
     if layers is not None and cfg.compression.encoder_layers > layers:
         raise ConfigError(f"compression.encoder_layers={cfg.compression.encoder_layers} exceeds the base's {layers} "
                           f"layers. Fix: --compression.encoder_layers {layers} or fewer")
+
+
+def is_ram_dir(directory: str) -> bool:
+    """A compressor directory whose config names RAM (every other compressor directory is COMI's)."""
+    import json
+    import os
+
+    from framework.models.compression.skeleton import COMPRESSOR_CONFIG
+
+    if not is_compressor_dir(directory):
+        return False
+    try:
+        with open(os.path.join(directory, COMPRESSOR_CONFIG)) as fh:
+            return json.load(fh).get("compressor_config", {}).get("method") == "ram"
+    except (OSError, ValueError, AttributeError):
+        return False

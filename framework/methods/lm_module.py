@@ -4,7 +4,7 @@ cosine, gradient clipping, per-step metrics and the RNG state in checkpoints.
 A method subclasses `TokenLossModule` and says how a batch becomes (sum of token losses, labelled
 tokens), and which parameters it adds to the base model (they get `memory_lr_multiplier`).
 
-How the base model itself trains (`method.backbone`: full, frozen or lora) is applied here, once, when
+How the base model itself trains (`optim.backbone`: full, frozen or lora) is applied here, once, when
 the module is built: before any optimizer exists and identically on resume, so a checkpoint's state
 dict (adapters included) always matches the module it is loaded into.
 """
@@ -21,7 +21,8 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 
-from framework.methods.optim import OptimConfig, OptimConfigError, build_optimizer
+from framework.job import OptimConfig, OptimConfigError
+from framework.methods.optim import build_optimizer
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -70,8 +71,8 @@ def apply_backbone(model: torch.nn.Module, added, cfg: OptimConfig) -> list:
     added = list(added)
     keep = {id(p) for p in added}
     if cfg.backbone == "frozen" and not added:
-        raise OptimConfigError("method.backbone='frozen' freezes everything but the parameters the method adds, "
-                               "and this method adds none: nothing would train. Fix: --method.backbone full or lora")
+        raise OptimConfigError("optim.backbone='frozen' freezes everything but the parameters the method adds, "
+                               "and this method adds none: nothing would train. Fix: --optim.backbone full or lora")
     frozen = [p for p in model.parameters() if id(p) not in keep and p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -80,14 +81,14 @@ def apply_backbone(model: torch.nn.Module, added, cfg: OptimConfig) -> list:
 
         root = lora_root(model)
         if root is None:
-            raise OptimConfigError(f"method.backbone='lora' needs a Hugging Face model (or one wrapped as "
+            raise OptimConfigError(f"optim.backbone='lora' needs a Hugging Face model (or one wrapped as "
                                    f"`.backbone`, like CoMeT) so the saved model has the adapters merged; this "
-                                   f"method trains a {type(model).__name__}. Fix: --method.backbone full or frozen")
+                                   f"method trains a {type(model).__name__}. Fix: --optim.backbone full or frozen")
         try:
             add_lora(root, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, exclude=added)
         except LoRAError as err:
-            raise OptimConfigError(f"method.lora_targets={list(cfg.lora_targets)}: {err}. Fix: set "
-                                   "--method.lora_targets to some of those names") from None
+            raise OptimConfigError(f"optim.lora_targets={list(cfg.lora_targets)}: {err}. Fix: set "
+                                   "--optim.lora_targets to some of those names") from None
     return frozen
 
 
@@ -114,13 +115,13 @@ class TokenLossModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ backbone
     def check_backbone(self) -> None:
-        """Raise when a subclass re-enabled parameters that method.backbone froze (a method that picks its
-        own trainable set, e.g. the compression methods, must run with method.backbone=full)."""
+        """Raise when a subclass re-enabled parameters that optim.backbone froze (a method that picks its
+        own trainable set, e.g. the compression methods, must run with optim.backbone=full)."""
         thawed = sum(p.requires_grad for p in self._backbone_frozen)
         if thawed:
-            raise OptimConfigError(f"method.backbone={self.optim.backbone!r}: {type(self).__name__} chooses its own "
+            raise OptimConfigError(f"optim.backbone={self.optim.backbone!r}: {type(self).__name__} chooses its own "
                                    f"trainable parameters and re-enabled {thawed} that the backbone setting froze. "
-                                   "Fix: --method.backbone full, and use that method's own settings")
+                                   "Fix: --optim.backbone full, and use that method's own settings")
 
     def setup(self, stage: str) -> None:
         """Before Lightning restores a checkpoint or wraps the model: check the backbone setting and report
@@ -135,7 +136,7 @@ class TokenLossModule(pl.LightningModule):
         if self.optim.backbone == "lora":
             note = (f", LoRA rank {self.optim.lora_rank} on {len(lora_modules(self.model))} layers "
                     f"({', '.join(self.optim.lora_targets)})")
-        print(f"[longctx] method.backbone={self.optim.backbone}: {trainable:,} of {total:,} parameters train "
+        print(f"[longctx] optim.backbone={self.optim.backbone}: {trainable:,} of {total:,} parameters train "
               f"({100.0 * trainable / max(total, 1):.2f}%){note}", flush=True)
 
     # ------------------------------------------------------------------ optimisation

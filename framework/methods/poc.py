@@ -1,7 +1,7 @@
 """PoC's context-aware performance predictor as a method (methods.md §3): a small LM trunk reads
 ``context ⊕ r_1 ⊕ [P] ⊕ r_2 ⊕ [P] ⊕ ...``; a linear + sigmoid head on every [P] predicts the
 retention at that ratio, all candidate ratios in one forward pass; trained with MSE on cached
-(context, ratio, retention) labels (data kind ``poc_labels``, framework.eval.poc_labels).
+(context, ratio, retention) labels (data kind ``poc_labels``, framework.studies.poc_labelling).
 
     python recipes/poc_predictor.py --preset tiny          # labels, this predictor, the comparison
 
@@ -19,9 +19,11 @@ from typing import ClassVar
 import torch
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods.lm_module import TokenLossModule
+from framework.methods.mlflow_model import TOKENIZER, TRACKING_DIR, MLflowModel, poc_signature
 from framework.methods.registry import MethodSpec
+from framework.models.loading import is_poc_dir
 
 EXAMPLE_INPUT = "{'context': ['pear: 41907. plum: 22815.'], 'question': ['What is the value of plum?']}"
 
@@ -75,7 +77,7 @@ class PoCModule(TokenLossModule):
 
 
 def _label_manifest(cfg) -> dict:
-    from data_pipelines.poc_labels import LabelCache
+    from data_pipelines.poc_label_cache import LabelCache
 
     path = cfg.data.options.get("path")
     return LabelCache(path, cfg.data.options.get("storage_options")).info
@@ -156,8 +158,18 @@ def validate(cfg) -> None:
                           f"Fix: --poc.trunk_layers {layers}")
 
 
+MLFLOW_MODEL = MLflowModel(
+    name="poc-predictor", pyfunc=TRACKING_DIR / "poc_pyfunc_model.py", signature=poc_signature,
+    input_example=lambda n: ({"context": ["pear: 41907. plum: 22815."], "question": ["What is the value of plum?"]},
+                             {"floor": 0.9, "max_new_tokens": min(n, 4)}),
+    example_input=EXAMPLE_INPUT,
+    required=("config.json", "poc_predictor.safetensors", "poc_pipeline.json", TOKENIZER,
+              "compressor/compressor_config.json", "compressor/compressor.safetensors"),
+    save_hint="Fix: write it with framework.models.compression.poc_pipeline.save_pipeline (the predictor, "
+              "its tokenizer, the label grid and a copy of its compressor in compressor/)")
+
 METHOD = MethodSpec(
     name="poc", job=PoCJob, build_model=build_model, load_model=load_model, save_model=save_model,
-    validate=validate, example_input=EXAMPLE_INPUT,
-    lightning_module=lambda model, cfg, steps: PoCModule(model, cfg.method, steps),
+    validate=validate, recognizes=is_poc_dir, mlflow_model=MLFLOW_MODEL,
+    lightning_module=lambda model, cfg, steps: PoCModule(model, cfg.optim, steps),
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods import compression as shared
 from framework.methods.registry import MethodSpec
 
@@ -53,6 +53,7 @@ class RAMModule(shared.CompressionQAModule):
 
 METHOD = MethodSpec(
     name="ram", job=RAMJob, build_model=shared.build_model, load_model=shared.load_model,
-    save_model=shared.save_model, validate=shared.validate, example_input=shared.EXAMPLE_INPUT,
-    lightning_module=lambda model, cfg, steps: RAMModule(model, cfg.method, steps, cfg.compression, cfg.launch.seed),
+    save_model=shared.save_model, validate=shared.validate, recognizes=shared.is_ram_dir,
+    mlflow_model=shared.MLFLOW_MODEL,
+    lightning_module=lambda model, cfg, steps: RAMModule(model, cfg.optim, steps, cfg.compression, cfg.launch.seed),
 )

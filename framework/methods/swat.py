@@ -14,9 +14,11 @@ from typing import ClassVar
 import torch
 
 from framework.config import ConfigError
-from framework.launch.config import TrainJob
+from framework.job import TrainJob
 from framework.methods.causal_lm import CausalLMModule, load_model, save_hf_model
+from framework.methods.mlflow_model import CAUSAL_LM
 from framework.methods.registry import MethodSpec
+from framework.models.loading import is_swat_dir
 
 SCRATCH = "random:swat"
 
@@ -85,7 +87,7 @@ def build_model(cfg: SWATJob, tokenizer):
 def _load_base(path: str):
     import os
 
-    from framework.methods.base_model import BaseModelError
+    from framework.job import BaseModelError
     from framework.models.loading import is_hf_dir, load_causal_lm
 
     if not is_hf_dir(path):
@@ -111,6 +113,6 @@ def validate(cfg: SWATJob) -> None:
 
 METHOD = MethodSpec(
     name="swat", job=SWATJob, build_model=build_model, load_model=load_model, save_model=save_hf_model,
-    lightning_module=lambda model, cfg, steps: SWATModule(model, cfg.method, steps),
-    validate=validate,
+    lightning_module=lambda model, cfg, steps: SWATModule(model, cfg.optim, steps),
+    validate=validate, recognizes=is_swat_dir, mlflow_model=CAUSAL_LM,
 )

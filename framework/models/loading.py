@@ -1,10 +1,12 @@
-"""Find and load any model a longctx method saves: a CoMeT directory, a RAM/COMI compressor
-directory, a context autoencoder directory, or a plain Hugging Face causal LM directory (SWAT, or a
-full/sliding-attention baseline).
+"""Load and recognise the models longctx methods save: the file-marker checks (a CoMeT directory, a
+RAM/COMI compressor directory, a context autoencoder, a PoC predictor, a plain Hugging Face causal LM
+directory), loading any causal LM, and the walk that finds a saved model under a folder.
 
-    directory = find_model_dir(downloaded_artifact_root)
     model = load_causal_lm(directory)        # CoMeTForCausalLM, SWATForCausalLM, LlamaForCausalLM, ...
-    model = load_saved_model(directory)      # any of those, a CompressorForQA (RAM, COMI) or a ContextAutoencoder
+
+Which method saved a directory, and loading it with that method, is
+``framework.methods.registry`` (``method_of_dir``, ``find_model_dir``, ``load_saved_model``): it asks
+every method's ``MethodSpec.recognizes``, so this module knows no method list.
 
 Importing this module registers SWAT with the transformers Auto classes, so AutoModelForCausalLM
 loads a SWAT directory. No Lightning or Ray here: the MLflow pyfunc uses it in a serving process.
@@ -42,6 +44,19 @@ def is_poc_dir(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, PREDICTOR_CONFIG))
 
 
+def is_swat_dir(directory: str) -> bool:
+    """A Hugging Face directory whose config.json has model_type "swat"."""
+    import json
+
+    if not is_hf_dir(directory):
+        return False
+    try:
+        with open(os.path.join(directory, HF_CONFIG)) as fh:
+            return json.load(fh).get("model_type") == "swat"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class NotACausalLMError(ValueError):
     """A directory holds a compressor (RAM, COMI), which answers questions about a context rather than
     continuing a prompt, or a context autoencoder, which reconstructs a text from its slots."""
@@ -52,22 +67,21 @@ def is_hf_dir(directory: str) -> bool:
     return HF_CONFIG in names and any(w in names for w in HF_WEIGHTS)
 
 
-def find_model_dir(root: str) -> str:
-    """The saved model under `root`: the CoMeT, compressor or autoencoder directory if there is one (their decoder
-    files also look like a Hugging Face model), else the shallowest Hugging Face model directory."""
-    hf = None
+def walk_model_dirs(root: str, is_own, is_plain) -> str:
+    """The shallowest directory under `root` (sorted walk) for which is_own(dir) holds (a method's own marker:
+    a CoMeT, compressor or autoencoder directory, whose subfolders may also look like Hugging Face models),
+    else the shallowest for which is_plain(dir) holds (a plain Hugging Face directory)."""
+    plain = None
     for dirpath, dirnames, _ in os.walk(root):
         dirnames.sort()
-        if is_poc_dir(dirpath):  # a PoC predictor holds its compressor in compressor/, below it
+        if is_own(dirpath):
             return dirpath
-        if is_comet_dir(dirpath) or is_compressor_dir(dirpath) or is_autoencoder_dir(dirpath):
-            return dirpath
-        if hf is None and is_hf_dir(dirpath):
-            hf = dirpath
-    if hf is None:
+        if plain is None and is_plain(dirpath):
+            plain = dirpath
+    if plain is None:
         raise FileNotFoundError(f"no saved model under {root}: no comet_config.json, and no config.json with "
                                 "model.safetensors. Fix: point at a directory written by save_pretrained")
-    return hf
+    return plain
 
 
 def load_causal_lm(directory: str, **load_kwargs):
@@ -89,16 +103,3 @@ def load_causal_lm(directory: str, **load_kwargs):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
-
-
-def load_saved_model(directory: str, **load_kwargs):
-    """Whatever a longctx method saved in `directory`: a compressor, an autoencoder, or a causal LM."""
-    if is_autoencoder_dir(directory):
-        from framework.models.compression.autoencoder import ContextAutoencoder
-
-        return ContextAutoencoder.from_pretrained(directory, **load_kwargs)
-    if is_compressor_dir(directory):
-        from framework.models.compression.skeleton import CompressorForQA
-
-        return CompressorForQA.from_pretrained(directory, **load_kwargs)
-    return load_causal_lm(directory, **load_kwargs)

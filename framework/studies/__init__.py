@@ -1,1 +1,3 @@
-"""Recipes of several jobs that make one study (framework.launch.stages runs them)."""
+"""Recipes of several jobs that make one study (framework.launch.stages runs them), and the stages and
+reports only studies use: PoC's labelling stage (poc_labelling) and comparison (poc_compare), the autoencoder
+study's report (ae_study_report)."""

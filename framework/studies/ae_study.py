@@ -7,7 +7,7 @@ decoder LM) pair, then analyse every autoencoder on held-out texts of every corp
 
 Stages (framework.launch.stages, one parent MLflow run): ``lm-<corpus>`` (method causal_lm),
 ``ae-<encoder corpus>-<decoder corpus>`` (method autoencoder); then the analysis on the driver
-(framework.eval.autoencoder_eval, framework.eval.ae_study_report), logged to the parent run.
+(framework.eval.autoencoder_eval, framework.studies.ae_study_report), logged to the parent run.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ import sys
 from dataclasses import dataclass, field
 
 from framework.config import ConfigError
-from framework.launch.config import DataConfig, LaunchConfig
+from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig
 from framework.methods.autoencoder import AutoencoderJob, AutoencoderSettings
-from framework.methods.base_model import BaseModelConfig
 from framework.methods.causal_lm import CausalLMJob
-from framework.methods.optim import OptimConfig
 from framework.tracking.redact import redact
-from framework.tracking.store import TrackingConfig
 
 STUDY_KINDS = ("text", "entropy_text")
 AE_DATA = ("decoder", "encoder")
@@ -108,7 +105,7 @@ def _named(cfg: AEStudyConfig, stage: str, steps: int) -> dict:
 
 def lm_job(cfg: AEStudyConfig, corpus: str) -> CausalLMJob:
     """Pretrain a random LM (cfg.model) on one corpus."""
-    return CausalLMJob(model=cfg.model, method=cfg.lm_method, data=_data(cfg, corpus, cfg.study.lm_batch_size),
+    return CausalLMJob(model=cfg.model, optim=cfg.lm_method, data=_data(cfg, corpus, cfg.study.lm_batch_size),
                        **_named(cfg, f"lm-{corpus}", cfg.study.lm_steps))
 
 
@@ -117,7 +114,7 @@ def ae_job(cfg: AEStudyConfig, encoder: str, decoder: str, lm_uris: dict) -> Aut
     the other LM frozen as the decoder, trained on study.ae_data's corpus."""
     settings = dataclasses.replace(cfg.autoencoder, encoder=lm_uris[encoder], decoder=lm_uris[decoder])
     corpus = decoder if cfg.study.ae_data == "decoder" else encoder
-    return AutoencoderJob(model=cfg.model, method=cfg.ae_method, autoencoder=settings,
+    return AutoencoderJob(model=cfg.model, optim=cfg.ae_method, autoencoder=settings,
                           data=_data(cfg, corpus, cfg.study.ae_batch_size),
                           **_named(cfg, f"ae-{encoder}-{decoder}", cfg.study.ae_steps))
 
@@ -169,11 +166,11 @@ def analyse(cfg: AEStudyConfig, stages, lm_uris: dict, ae_uris: dict, ae_runs: d
     import torch
 
     from data_pipelines import build_source
-    from framework.eval.ae_study_report import (alignment_table, flat_metrics, pair_name, scatter_plot,
-                                                study_report)
     from framework.eval.autoencoder_eval import evaluate
     from framework.eval.model_uri import resolve_model_dir
     from framework.eval.reporting import machine_info, progress
+    from framework.studies.ae_study_report import (alignment_table, flat_metrics, pair_name, scatter_plot,
+                                                   study_report)
     from framework.methods.base_model import load_tokenizer
     from framework.models.compression.autoencoder import ContextAutoencoder
     from framework.models.loading import load_causal_lm
@@ -222,7 +219,7 @@ def analyse(cfg: AEStudyConfig, stages, lm_uris: dict, ae_uris: dict, ae_runs: d
 
 def _lm_entropy(records: dict) -> dict:
     """The mean entropy each LM measures on each held-out corpus (as a decoder: the same for every encoder)."""
-    from framework.eval.ae_study_report import ARROW
+    from framework.studies.ae_study_report import ARROW
 
     out = {}
     for pair, rows in records.items():

@@ -72,8 +72,8 @@ def compressor_job(cfg: PoCRecipe) -> COMIJob:
 def run_pipeline(cfg: PoCRecipe, resume: str | None = None):
     from data_pipelines.errors import DataConfigError
     from framework.eval.model_uri import resolve_model_dir
-    from framework.eval.poc_compare import compare, plot
-    from framework.eval.poc_labels import LabelError, LabelJob, generate_labels
+    from framework.studies.poc_compare import compare, plot
+    from framework.studies.poc_labelling import LabelError, LabelJob, generate_labels
     from framework.launch.run import flat_params
     from framework.launch.stages import Stages
     from framework.models.compression.poc_predictor import PoCPredictor

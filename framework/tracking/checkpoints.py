@@ -29,12 +29,16 @@ def step_dir_name(step: int) -> str:
 
 
 def write_manifest(directory: str, *, step: int, samples_consumed: int, global_batch: int, world_size: int,
-                   mlflow_run_id: str | None, data_seed: int, exclude: tuple = ()) -> dict:
+                   mlflow_run_id: str | None, data_seed: int, exclude: tuple = (),
+                   schedule: dict | None = None) -> dict:
+    """schedule: the run's plan ({plan_steps, plan_batch}, framework.launch.data.AttemptPlan), which a
+    resume on another global batch keeps."""
     manifest = {
         "format": FORMAT,
         "step": int(step),
         "data": {"samples_consumed": int(samples_consumed), "global_batch": int(global_batch), "seed": int(data_seed)},
         "world_size": int(world_size),
+        "schedule": schedule,
         "mlflow_run_id": mlflow_run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": sorted(f for f in os.listdir(directory) if f != MANIFEST and f not in exclude),

@@ -1,5 +1,4 @@
-"""Log a trained model (CoMeT, SWAT or a baseline causal LM) as an MLflow model, register it, and
-move an alias to it.
+"""Log a trained model (whatever method saved it) as an MLflow model, register it, and move an alias to it.
 
     from framework.tracking.registry import log_and_register
     model.save_pretrained("out/final", tokenizer=tokenizer)      # safetensors + tokenizer files
@@ -7,10 +6,12 @@ move an alias to it.
     registered.uri        # "models:/comet-tiny@champion"
     mlflow.pyfunc.load_model(registered.uri).predict(["The passkey is"])
 
-The model is a *models-from-code* pyfunc (``framework/tracking/pyfunc_model.py``): MLflow keeps
-that source file, the ``framework`` package (as ``code_paths``, so the model loads where
-longctx is not installed) and the ``save_pretrained`` directory. Nothing is pickled, so loading
-works with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` unset.
+The method that recognises the directory (``framework.methods.registry.method_of_dir``) says how it
+is served (its ``MethodSpec.mlflow_model``). The model is a *models-from-code* pyfunc (e.g.
+``framework/tracking/pyfunc_model.py`` for a causal LM): MLflow keeps that source file, the
+``framework`` package (as ``code_paths``, so the model loads where longctx is not installed; a
+method defined outside it ships its own module too) and the ``save_pretrained`` directory. Nothing
+is pickled, so loading works with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` unset.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
+
+from framework.methods.mlflow_model import CAUSAL_LM, MLflowModel
 
 HERE = Path(__file__).resolve().parent
 MODEL_ARTIFACT = "model"  # must match the MODEL_ARTIFACT of every pyfunc file
 MAX_NEW_TOKENS_KEY = "default_max_new_tokens"  # must match pyfunc_model.MAX_NEW_TOKENS_KEY
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-BACKBONE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+PYFUNC_CLASS_KEY = "pyfunc_class"  # must match method_pyfunc_model.PYFUNC_CLASS_KEY
 PINNED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
 _DB_FREE_SCHEMES = {"", "file"}
 
@@ -54,13 +55,13 @@ class RegisteredModel:
 
 
 def check_model_dir(model_dir) -> Path:
-    """Raise RegistryError unless `model_dir` is a complete, pickle-free directory of one of
-    MODEL_KINDS (a CoMeT, RAM/COMI, autoencoder, PoC or plain Hugging Face causal LM save), with
-    its tokenizer."""
+    """Raise RegistryError unless `model_dir` is a complete, pickle-free directory that a method saved (a CoMeT,
+    RAM/COMI, autoencoder, PoC, plain Hugging Face causal LM or any registered method's save; the method's
+    MLflowModel.required names the files), with its tokenizer."""
     directory = Path(model_dir)
     if not directory.is_dir():
         raise RegistryError(f"model directory {str(directory)!r} does not exist or is not a directory. "
-                            f"{MODEL_KINDS[-1].save_hint}")
+                            f"{CAUSAL_LM.save_hint}")
     kind = model_kind(directory)
     missing = [" or ".join(choice.split("|")) for choice in kind.required
                if not any((directory / name).is_file() for name in choice.split("|"))]
@@ -113,114 +114,52 @@ def pinned_requirements() -> list[str]:
     return requirements
 
 
-def model_signature(max_new_tokens: int):
-    """String prompts in, generated strings out, and the generation params with their defaults."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+def model_kind(directory: Path) -> MLflowModel:
+    """How the directory is served: the MLflow model of the method that recognises it
+    (framework.methods.registry.method_of_dir), else the plain causal LM's."""
+    from framework.methods.registry import get_method, method_of_dir
 
-    params = ParamSchema([
-        ParamSpec("max_new_tokens", "long", max_new_tokens),
-        ParamSpec("do_sample", "boolean", False),
-        ParamSpec("temperature", "double", 1.0),
-        ParamSpec("top_k", "long", 0),
-        ParamSpec("top_p", "double", 1.0),
-        ParamSpec("seed", "long", None),
-        ParamSpec("chat", "boolean", None),
-        ParamSpec("batch_size", "long", 8),
-    ])
-    # Unnamed: a named "prompt" column would make MLflow reject a plain list of strings.
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
+    spec = method_of_dir(directory) or get_method("causal_lm")
+    if spec.mlflow_model is None:
+        raise RegistryError(f"{str(directory)!r} was saved by the {spec.name!r} method, which declares no MLflow "
+                            "model. Fix: give its MethodSpec mlflow_model=MLflowModel(...) (docs/write_a_method.md)")
+    return spec.mlflow_model
 
 
-def qa_signature(max_new_tokens: int):
-    """(context, question) string columns in, answer strings out; the target ratio and length as params."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+def _served_code(kind: MLflowModel, directory: Path) -> tuple[str, list[str], dict]:
+    """(the models-from-code file, code_paths, extra model_config) of a kind: its own file, or the wrapper that
+    imports its PythonModel class; the framework package, the kind's code_paths, and the code of a method defined
+    outside the package (its top-level module or package)."""
+    from framework.methods.registry import method_of_dir
 
-    params = ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens), ParamSpec("ratio", "double", None)])
-    return ModelSignature(inputs=Schema([ColSpec("string", "context"), ColSpec("string", "question")]),
-                          outputs=Schema([ColSpec("string")]), params=params)
-
-
-def reconstruction_signature():
-    """Texts in, their reconstructions out; max_new_tokens 0 means each text's own length."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 0)]))
-
-
-def poc_signature(max_new_tokens: int):
-    """(context, question) string columns in (the question may be empty); per row the chosen ratio, the
-    predicted retention, the context and memory sizes and the answer out; the floor as a param."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    params = ParamSchema([ParamSpec("floor", "double", 0.9), ParamSpec("max_new_tokens", "long", max_new_tokens)])
-    outputs = Schema([ColSpec("double", "ratio"), ColSpec("double", "predicted_retention"),
-                      ColSpec("long", "context_tokens"), ColSpec("long", "memory_slots"), ColSpec("string", "answer")])
-    return ModelSignature(inputs=Schema([ColSpec("string", "context"), ColSpec("string", "question", required=False)]),
-                          outputs=outputs, params=params)
+    code = [_framework_dir(), *map(os.fspath, kind.code_paths)]
+    spec = method_of_dir(directory)
+    modules = [spec.job.__module__] if spec is not None else []
+    extra = {}
+    if isinstance(kind.pyfunc, type):
+        served = HERE / "method_pyfunc_model.py"
+        extra[PYFUNC_CLASS_KEY] = f"{kind.pyfunc.__module__}:{kind.pyfunc.__qualname__}"
+        modules.append(kind.pyfunc.__module__)
+    else:
+        served = Path(kind.pyfunc)
+    for module in modules:
+        path = _top_level_code(module)
+        if path is not None and path not in code:
+            code.append(path)
+    return str(served), code, extra
 
 
-@dataclass(frozen=True)
-class ModelKind:
-    """One kind of saved model: how to recognise its directory, what it must hold, how it is served.
-
-    marker: the file that identifies the kind (None: the fallback, a plain causal LM). required:
-    files it must hold, each entry "a|b" for alternatives. pyfunc: the models-from-code file that
-    serves it. signature(max_new_tokens) and example(max_new_tokens): the logged signature and
-    input example. save_hint: how to write a complete directory."""
-
-    name: str
-    marker: str | None
-    required: tuple
-    pyfunc: Path
-    signature: Callable
-    example: Callable
-    save_hint: str
-
-
-_WEIGHTS, _TOKENIZER = "|".join(BACKBONE_WEIGHTS), "|".join(TOKENIZER_FILES)
-_GENERATE = dict(pyfunc=HERE / "pyfunc_model.py", signature=lambda n: model_signature(n),
-                 example=lambda n: (["Once upon a time"], {"max_new_tokens": min(n, 4)}))
-MODEL_KINDS = (
-    ModelKind("comet-causal-lm", "comet_config.json",
-              ("config.json", _WEIGHTS, _TOKENIZER), **_GENERATE,
-              save_hint="Fix: write it with CoMeTForCausalLM.save_pretrained(model_dir, tokenizer=tokenizer)"),
-    ModelKind("qa-compressor", "compressor_config.json",
-              ("config.json", "compressor.safetensors", _WEIGHTS, _TOKENIZER),
-              pyfunc=HERE / "qa_pyfunc_model.py", signature=lambda n: qa_signature(n),
-              example=lambda n: ({"context": ["pear: 41907. plum: 22815."],
-                                  "question": ["What is the value of plum?"]}, {"max_new_tokens": min(n, 4)}),
-              save_hint="Fix: write it with CompressorForQA.save_pretrained(model_dir, tokenizer=tokenizer)"),
-    ModelKind("context-autoencoder", "autoencoder_config.json",
-              ("autoencoder.safetensors", "encoder/config.json", "encoder/model.safetensors", "decoder/config.json",
-               "decoder/model.safetensors", "encoder/tokenizer.json|encoder/tokenizer_config.json"),
-              pyfunc=HERE / "autoencoder_pyfunc_model.py", signature=lambda n: reconstruction_signature(),
-              example=lambda n: (["the house was quiet and the garden was green"], {"max_new_tokens": min(n, 4)}),
-              save_hint="Fix: write it with ContextAutoencoder.save_pretrained(model_dir, tokenizer=tokenizer)"),
-    ModelKind("poc-predictor", "poc_predictor.json",
-              ("config.json", "poc_predictor.safetensors", "poc_pipeline.json", _TOKENIZER,
-               "compressor/compressor_config.json", "compressor/compressor.safetensors"),
-              pyfunc=HERE / "poc_pyfunc_model.py", signature=lambda n: poc_signature(n),
-              example=lambda n: ({"context": ["pear: 41907. plum: 22815."],
-                                  "question": ["What is the value of plum?"]}, {"floor": 0.9, "max_new_tokens": min(n, 4)}),
-              save_hint="Fix: write it with framework.models.compression.poc_pipeline.save_pipeline (the predictor, "
-                        "its tokenizer, the label grid and a copy of its compressor in compressor/)"),
-    ModelKind("causal-lm", None, ("config.json", _WEIGHTS, _TOKENIZER), **_GENERATE,
-              save_hint="Fix: write it with model.save_pretrained(model_dir) and tokenizer.save_pretrained(model_dir)"),
-)
-
-
-def model_kind(directory: Path) -> ModelKind:
-    """The first of MODEL_KINDS whose marker file `directory` holds (else the plain causal LM)."""
-    directory = Path(directory)
-    for kind in MODEL_KINDS:
-        if kind.marker is None or (directory / kind.marker).is_file():
-            return kind
-    raise AssertionError("MODEL_KINDS must end with a kind without a marker")
+def _top_level_code(module: str) -> str | None:
+    """The file or package directory of `module`'s top-level package, unless it is framework (always shipped)."""
+    top = module.split(".", 1)[0]
+    if top in ("framework", "__main__"):
+        return None
+    found = sys.modules.get(top)
+    where = getattr(found, "__file__", None)
+    if where is None:
+        return None
+    where = Path(where).resolve()
+    return str(where.parent if where.name == "__init__.py" else where)
 
 
 def _framework_dir() -> str:
@@ -282,10 +221,11 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
     # run (pyfunc.log_model only knows the active run, and would put the model in the current
     # experiment rather than the run's).
     kind = model_kind(directory)
+    served, code_paths, extra_config = _served_code(kind, directory)
     logged = _mlflow_call("creating the logged model", mlflow.initialize_logged_model, name=name,
                           source_run_id=run_id, params=run_params or None, model_type=kind.name,
                           experiment_id=experiment_id)
-    served, signature, example = kind.pyfunc, kind.signature(max_new_tokens), kind.example(max_new_tokens)
+    signature, example = kind.signature(max_new_tokens), kind.input_example(max_new_tokens)
     # MLflow loads the model once while logging it, to check the input example; that load puts
     # the temporary copy of the bundled code on sys.path for good, so sys.path is restored after.
     saved_sys_path = list(sys.path)
@@ -293,10 +233,10 @@ def log_and_register(model_dir, *, registered_model_name: str, alias: str = "cha
         info = _mlflow_call(
             "logging the model", Model.log,
             artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-            python_model=str(served),
+            python_model=served,
             artifacts={MODEL_ARTIFACT: os.fspath(directory.resolve())},
-            code_paths=[_framework_dir()],
-            model_config={MAX_NEW_TOKENS_KEY: max_new_tokens, "chat": bool(chat),
+            code_paths=code_paths,
+            model_config={MAX_NEW_TOKENS_KEY: max_new_tokens, "chat": bool(chat), **extra_config,
                           **({"max_new_tokens_cap": int(max_new_tokens_cap)} if max_new_tokens_cap else {}),
                           **({"max_prompt_tokens": int(max_prompt_tokens)} if max_prompt_tokens else {})},
             signature=signature,

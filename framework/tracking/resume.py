@@ -37,20 +37,27 @@ class ResumePlan:
 RESUMABLE_STATUSES = ("RUNNING", "FAILED", "KILLED")
 
 # Params that may differ between a run and its resume: how long it trains (max_steps, epochs), where and on
-# what it runs (workers, GPUs, storage), checkpoint bookkeeping and tracking. Every other param (model,
-# method, data, the method's own section, launch.seed, strategy, precision) changes what is trained.
+# what it runs (workers, accumulation, GPUs, storage), checkpoint bookkeeping and tracking. Every other param (model,
+# optim, data, the method's own section, launch.seed, strategy, precision) changes what is trained.
 RESUME_FREE_PARAMS = frozenset({
     "launch.max_steps", "data.epochs", "launch.num_workers", "launch.use_gpu", "launch.pipeline_size",
     "launch.cpus_per_worker", "launch.storage_path", "launch.max_failures", "launch.checkpoint_every_n_steps",
-    "launch.keep_checkpoints", "launch.run_name", "data.loader_workers",
+    "launch.keep_checkpoints", "launch.run_name", "data.loader_workers", "launch.accumulate_grad_batches",
 })
-RESUME_FREE_SECTIONS = ("tracking.",)
+RESUME_FREE_SECTIONS = ("tracking.", "eval.")  # eval: what runs on the registered model after training
+# sections renamed since older runs logged them: {old prefix: new prefix} (`method` is now `optim`)
+RENAMED_PARAM_PREFIXES = {"method.": "optim."}
 FORCED_TAG = "longctx.resume.forced_changes"  # set on a run resumed with force: {key: [logged, new]}
 
 
 def config_changes(logged: dict, params: dict) -> dict:
     """{key: (logged value, new value)} for every param that changes training and differs. Keys on one side
-    only (a field added or removed by a newer longctx) are not compared."""
+    only (a field added or removed by a newer longctx) are not compared; an older run's keys of a renamed
+    section (RENAMED_PARAM_PREFIXES) are compared under the new name."""
+    logged = dict(logged)
+    for key in [k for k in logged if k.startswith(tuple(RENAMED_PARAM_PREFIXES))]:
+        old = next(p for p in RENAMED_PARAM_PREFIXES if key.startswith(p))
+        logged.setdefault(RENAMED_PARAM_PREFIXES[old] + key[len(old):], logged[key])
     return {k: (logged[k], v) for k, v in sorted(params.items())
             if k in logged and logged[k] != v and k not in RESUME_FREE_PARAMS
             and not k.startswith(RESUME_FREE_SECTIONS)}

@@ -135,7 +135,8 @@ def test_state_hash_sees_every_weight(bench):
 def test_multi_query_loss_of_one_query_is_the_answer_loss(bench):
     from data_pipelines.qa import QAFacts
     from data_pipelines.tokenizer import load_project_tokenizer
-    from framework.methods.base_model import build_base_model, tiny_qwen3
+    from framework.job import tiny_qwen3
+    from framework.methods.base_model import build_base_model
     from framework.models.compression.config import CompressorConfig
     from framework.models.compression.skeleton import CompressorForQA
 

@@ -2,9 +2,13 @@
 
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +17,8 @@ RECIPE = ROOT / "recipes" / "comet_32k.py"
 FAST = ["--preset", "tiny", "--data.seq_len", "192", "--launch.checkpoint_every_n_steps", "4"]
 # the test-speed flags that the tests add to the comet_32k command that the pages show
 SPEED = FAST[2:]
+# set while a test runs with the session's shared Ray head (tests/e2e/conftest.py): the address recipes attach to
+SHARED_RAY = "LONGCTX_TEST_RAY_ADDRESS"
 
 
 @dataclass
@@ -43,6 +49,10 @@ def recipe_env() -> dict:
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     env["RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION"] = "0"
+    shared = env.pop(SHARED_RAY, None)
+    if shared:  # attach to the shared head (a running `ray start`, token auth on) instead of starting a Ray
+        env["RAY_ADDRESS"] = shared
+        env["RAY_AUTH_MODE"] = "token"
     return env
 
 
@@ -61,3 +71,91 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+
+def ray_pids(temp_dir: str) -> list[int]:
+    """Processes of a Ray head, found by its own temp dir (never other Ray clusters on the machine)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class RayHead:
+    """A local Ray head started with `ray start --head`, token auth on (RAY_AUTH_MODE=token), in a short temp dir of
+    its own; `stop` kills only its processes. Recipes attach with RAY_ADDRESS=`address`; its processes (the
+    controller and worker actors) get `env`: the test-speed settings of `recipe_env`, and RAY_ADDRESS, so that Ray's
+    own helpers find this cluster when another runs on the machine."""
+
+    def __init__(self, num_cpus: int | None = None):
+        self.num_cpus = num_cpus or max(4, os.cpu_count() or 1)
+        self.temp_dir = self.cwd = None
+        self.address = self.dashboard = None
+        self.env: dict = {}
+
+    def start(self, timeout: float = 300) -> "RayHead":
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.cwd = tempfile.mkdtemp(prefix="ray-head-cwd-")  # the workers' working directory
+        port, dashboard = free_port(), free_port()
+        self.address, self.dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+        env = recipe_env()
+        env.pop("RAY_ADDRESS", None)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env["RAY_AUTH_MODE"] = "token"
+        self.env = dict(env)
+        started = subprocess.run(
+            ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+             "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+             "--disable-usage-stats"],
+            cwd=self.cwd, env={**env, "RAY_ADDRESS": self.address}, capture_output=True, text=True, timeout=timeout)
+        if started.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+        return self
+
+    @property
+    def running(self) -> bool:
+        return bool(self.temp_dir) and any(ray_pids(self.temp_dir))
+
+    def stop(self) -> None:
+        if not self.temp_dir:
+            return
+        for pid in ray_pids(self.temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while ray_pids(self.temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shutil.rmtree(self.cwd, ignore_errors=True)
+        self.temp_dir = self.cwd = self.address = None
+
+
+_SHARED: RayHead | None = None
+
+
+def shared_ray_head() -> RayHead:
+    """The session's shared head, started on first use (and again after `stop_shared_ray_head`)."""
+    global _SHARED
+    if _SHARED is None or not _SHARED.running:
+        if _SHARED is not None:
+            _SHARED.stop()
+        _SHARED = RayHead().start()
+    return _SHARED
+
+
+def stop_shared_ray_head() -> None:
+    """Before a test that starts a Ray of its own, and at the end of the session: one cluster on the machine at a
+    time (Ray's own helpers, given no address, refuse to choose between two)."""
+    global _SHARED
+    if _SHARED is not None:
+        _SHARED.stop()
+        _SHARED = None

@@ -80,6 +80,7 @@ def test_resume_from_run_uri_continues_the_same_run_and_step_count(trained_run, 
     assert str(client.get_model_version_by_alias("comet-32k-tiny", "champion").version) == "2"
 
 
+@pytest.mark.own_ray  # it kills a worker process of its run: that run has its own Ray
 def test_a_killed_worker_is_restarted_and_training_resumes_from_the_last_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, str(RECIPE), *FAST, "--num-workers", "2", "--max-steps", "14",
                              "--tracking.register", "false"],
@@ -142,7 +143,7 @@ def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(traine
     # the override example of docs/recipes/comet_32k.md, warm-started from the registered model
     run = run_recipe(trained_run.cwd, "--max-steps", "2", "--resume", "models:/comet-32k-tiny@champion",
                      "--tracking.register", "false",
-                     command=shown("python recipes/comet_32k.py --preset tiny --data.seq_len 512 --method.lr=1e-3",
+                     command=shown("python recipes/comet_32k.py --preset tiny --data.seq_len 512 --optim.lr=1e-3",
                                    "recipes/comet_32k.md"))
     assert run.returncode == 0, run.stdout[-5000:]
     assert run.run_id != trained_run.run_id
@@ -153,7 +154,7 @@ def test_resume_from_a_registered_model_starts_a_new_run_from_its_weights(traine
     warm_first = client.get_metric_history(run.run_id, "train/loss")[0].value
     assert warm_first < fresh_first - 0.5, (warm_first, fresh_first)
     params = client.get_run(run.run_id).data.params
-    assert params["data.seq_len"] == "512" and float(params["method.lr"]) == 1e-3
+    assert params["data.seq_len"] == "512" and float(params["optim.lr"]) == 1e-3
 
 
 def test_the_quick_start_loads_and_evaluates_the_registered_model(trained_run):

@@ -17,7 +17,7 @@ def test_lm_recipe_trains_memory_only_registers_and_compares_with_the_base(tmp_p
          "--launch.cpus_per_worker", "1", "--eval-out", str(tmp_path / "eval")],
         cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "method.backbone=frozen" in proc.stdout + proc.stderr
+    assert "optim.backbone=frozen" in proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["model"].startswith("models:/comet-lm-tiny/")
     assert [row["length"] for row in summary["table"]] == [512, 1024]
@@ -28,7 +28,7 @@ def test_lm_recipe_trains_memory_only_registers_and_compares_with_the_base(tmp_p
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
-    assert run.data.params["method.backbone"] == '"frozen"' or run.data.params["method.backbone"] == "frozen"
+    assert run.data.params["optim.backbone"] == '"frozen"' or run.data.params["optim.backbone"] == "frozen"
     assert run.data.params["data.kind"].strip('"') == "text"
     assert {"eval/lm/comet_ppl_512", "eval/lm/base_window_ppl_1024", "eval/lm/base_full_ppl_512"} <= set(
         run.data.metrics)

@@ -15,8 +15,8 @@ RECIPE = ROOT / "recipes" / "comet_passkey_tiny.py"
 
 def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
     proc = subprocess.run(
-        [*shown("python recipes/comet_passkey_tiny.py", "recipes/comet_passkey_tiny.md"), "--max-steps", "3", "--data.batch_size", "2", "--launch.cpus_per_worker", "1", "--eval-multiples", "2,3", "--eval-depths", "0,1", "--eval-trials", "2",
-         "--eval-out", str(tmp_path / "eval")],
+        [*shown("python recipes/comet_passkey_tiny.py", "recipes/comet_passkey_tiny.md"), "--max-steps", "3", "--data.batch_size", "2", "--launch.cpus_per_worker", "1", "--eval.passkey.multiples", "2,3", "--eval.passkey.depths", "0,1",
+         "--eval.passkey.trials", "2", "--eval.out_dir", str(tmp_path / "eval")],
         cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON summary is the last stdout line
@@ -24,6 +24,7 @@ def test_passkey_recipe_trains_registers_and_logs_the_evaluation(tmp_path):
     assert set(summary["accuracy"]) == {"512", "768"} and set(summary["by_depth"]) == {"0", "1"}
     assert summary["model"].startswith("models:/comet-passkey-tiny/")
     assert (tmp_path / "eval" / "passkey_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "eval" / "passkey.json").read_text())["accuracy"].keys() == {"512", "768"}
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
@@ -72,6 +73,7 @@ def test_each_ablation_command_trains_registers_and_evaluates(tmp_path, preset):
     command, changed = ABLATIONS[preset]
     proc = subprocess.run(
         [*command(), "--max-steps", "1", "--data.batch_size", "2",
+         # the old evaluation flags: deprecated aliases of --eval.passkey.multiples and the like
          "--launch.cpus_per_worker", "1", "--eval-multiples", "2", "--eval-depths", "1", "--eval-trials", "1",
          "--eval-out", str(tmp_path / "eval")],
         cwd=tmp_path, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
@@ -87,4 +89,5 @@ def test_bad_evaluation_flags_fail_before_training_starts(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--eval-multiples" in proc.stderr and "Fix" in proc.stderr and "Traceback" not in proc.stderr
+    assert "eval.passkey.multiples" in proc.stderr  # the old flag's new name, in the deprecation line and the error
     assert not (tmp_path / "mlflow.db").exists()  # nothing started

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from recipe_runs import ROOT, free_port, recipe_env
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.own_ray]  # the test's own head, not the shared one
 
 
 def _ray_pids(temp_dir: str) -> list[int]:

@@ -38,7 +38,8 @@ def comet_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plain_dir(tmp_path_factory):
     """A plain transformers Qwen3 folder (a baseline), saved the stock way."""
-    from framework.methods.base_model import build_base_model, load_tokenizer, tiny_qwen3
+    from framework.job import tiny_qwen3
+    from framework.methods.base_model import build_base_model, load_tokenizer
 
     cfg = tiny_qwen3()
     tokenizer = load_tokenizer(cfg)

@@ -25,7 +25,8 @@ def longctx(argv, capsys):
 def models(tmp_path_factory):
     """{"comi": dir, "ram": dir, "causal": dir}: two tiny random compressors and the causal LM under them."""
     from data_pipelines.tokenizer import load_project_tokenizer
-    from framework.methods.base_model import build_base_model, tiny_qwen3
+    from framework.job import tiny_qwen3
+    from framework.methods.base_model import build_base_model
     from framework.models.compression.config import CompressorConfig
     from framework.models.compression.skeleton import CompressorForQA
 
@@ -44,7 +45,7 @@ def models(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------- scoring
 def test_normalize_answer_is_squad_normalisation():
-    from framework.eval.qa_scoring import normalize_answer
+    from framework.metrics.qa_scoring import normalize_answer
 
     assert normalize_answer("  The Cat,  sat on a mat! ") == "cat sat on mat"
     assert normalize_answer("An apple; THE end.") == "apple end"
@@ -54,7 +55,7 @@ def test_normalize_answer_is_squad_normalisation():
 
 
 def test_exact_match_is_the_best_over_the_answers():
-    from framework.eval.qa_scoring import exact_match
+    from framework.metrics.qa_scoring import exact_match
 
     assert exact_match("The Eiffel Tower.", ["eiffel tower"]) == 1.0
     assert exact_match("Paris", ["London", "paris!", "Rome"]) == 1.0
@@ -64,7 +65,7 @@ def test_exact_match_is_the_best_over_the_answers():
 
 
 def test_f1_on_hand_computed_examples():
-    from framework.eval.qa_scoring import f1
+    from framework.metrics.qa_scoring import f1
 
     # "the" is dropped: prediction {cat, sat}, answer {cat, sat, down}: precision 2/2, recall 2/3
     assert f1("the cat sat", ["cat sat down"]) == pytest.approx(0.8)

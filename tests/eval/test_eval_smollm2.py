@@ -104,9 +104,8 @@ def test_recipe_help_and_missing_smollm2_dir_is_a_clear_error(tmp_path):
     missing = tmp_path / "no-smollm2-here"
     out = _recipe("--help", cwd=tmp_path, env_extra={"SMOLLM2_DIR": str(missing)})
     assert out.returncode == 0, out.stderr
-    for flag in ("--preset", "--eval-lengths", "--base-max-len", "--no-base", "{cpu,gpu}"):
+    for flag in ("--preset", "--eval-lengths", "--base-max-len", "--no-base", "{cpu,gpu}"):  # old flags: aliases
         assert flag in out.stdout
-    assert "8192,16384,32768,65536" in out.stdout
 
     out = _recipe("--max-steps", "1", cwd=tmp_path, env_extra={"SMOLLM2_DIR": str(missing)})
     assert out.returncode == 2, out.stdout + out.stderr
@@ -119,6 +118,8 @@ def test_recipe_help_and_missing_smollm2_dir_is_a_clear_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f'--model.base "{missing}"' in out.stdout or f"--model.base {missing}" in out.stdout
     assert "--data.seq_len 2048" in out.stdout and "--comet.chunk_size 512" in out.stdout
+    assert "--eval.passkey.lengths [8192, 16384, 32768, 65536]" in out.stdout
+    assert "--eval.base.enabled true" in out.stdout and '--eval.summary_file "smollm2_passkey.json"' in out.stdout
 
 
 def test_convert_error_names_the_pip_command_when_not_installed(monkeypatch, tmp_path):

@@ -11,10 +11,10 @@ from dataclasses import asdict
 import pytest
 
 from framework.config import ConfigError
+from framework.job import TrackingConfig
 from framework.launch.run import JobResult
 from framework.launch.stages import RESULT_TAG, STAGE_TAG, Stages
 from framework.tracking.checkpoints import CheckpointError
-from framework.tracking.store import TrackingConfig
 
 
 @pytest.fixture()

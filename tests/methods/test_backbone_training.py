@@ -1,4 +1,4 @@
-"""method.backbone: full, frozen or LoRA training of the base model, through the real LightningModules;
+"""optim.backbone: full, frozen or LoRA training of the base model, through the real LightningModules;
 the LoRA merge (plain Hugging Face checkpoints) and the learning rates of the three kinds of parameters."""
 
 import copy
@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from framework.config import ConfigError, apply_overrides, describe
+from framework.job import OptimConfig, OptimConfigError
 from framework.methods.causal_lm import CausalLMModule, save_hf_model
 from framework.methods.comet import CoMeTModule
-from framework.methods.optim import OptimConfig, OptimConfigError
 from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
 from framework.models.lora import (LoRAError, add_lora, lora_modules, lora_parameters, merge_lora,
                                    merge_lora_state_dict, parameter_counts, plain_state_dict)
@@ -70,7 +70,7 @@ def test_frozen_backbone_stays_bit_identical_while_the_memory_trains(capsys):
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.memory_parameters())
     fit(module)
-    assert "method.backbone=frozen" in capsys.readouterr().out
+    assert "optim.backbone=frozen" in capsys.readouterr().out
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, backbone_before[key]), key
     changed = [n for n, p in model.named_parameters() if not n.startswith("backbone.")
@@ -200,11 +200,11 @@ def test_backbone_lr_defaults_to_lr():
 
 # ---------------------------------------------------------------------------------------------- bad settings
 @pytest.mark.parametrize("kw, field", [
-    ({"backbone": "partial"}, "method.backbone"),
-    ({"lora_rank": 0}, "method.lora_rank"),
-    ({"lora_alpha": 0.0}, "method.lora_alpha"),
-    ({"backbone_lr": 0.0}, "method.backbone_lr"),
-    ({"lora_targets": []}, "method.lora_targets"),
+    ({"backbone": "partial"}, "optim.backbone"),
+    ({"lora_rank": 0}, "optim.lora_rank"),
+    ({"lora_alpha": 0.0}, "optim.lora_alpha"),
+    ({"backbone_lr": 0.0}, "optim.backbone_lr"),
+    ({"lora_targets": []}, "optim.lora_targets"),
 ])
 def test_bad_backbone_settings_name_the_field_and_the_fix(kw, field):
     with pytest.raises(OptimConfigError, match=field) as err:
@@ -213,7 +213,7 @@ def test_bad_backbone_settings_name_the_field_and_the_fix(kw, field):
 
 
 def test_a_lora_target_matching_nothing_lists_the_linear_layers():
-    with pytest.raises(OptimConfigError, match=r"method.lora_targets.*'qkv'.*q_proj.*Fix") as err:
+    with pytest.raises(OptimConfigError, match=r"optim.lora_targets.*'qkv'.*q_proj.*Fix") as err:
         CoMeTModule(tiny_comet(), optim(backbone="lora", lora_targets=("q_proj", "qkv")), 2)
     assert "up_proj" in str(err.value)
 
@@ -236,20 +236,20 @@ def test_a_method_that_rethaws_the_backbone_is_stopped():
                 p.requires_grad_(True)
 
     module = Thawing(tiny_comet(), optim(backbone="frozen"), 2)
-    with pytest.raises(OptimConfigError, match="method.backbone='frozen'.*Fix: --method.backbone full"):
+    with pytest.raises(OptimConfigError, match="optim.backbone='frozen'.*Fix: --optim.backbone full"):
         module.configure_optimizers()
 
 
 def test_the_fields_parse_from_the_command_line_and_are_listed():
-    from framework.launch.config import JobConfig
+    from framework.methods.comet import CoMeTJob
 
-    cfg = apply_overrides(JobConfig(), ["--method.backbone", "lora", "--method.backbone_lr", "1e-4",
-                                        "--method.lora_rank=16", "--method.lora_targets", '["q_proj", "v_proj"]'])
-    m = cfg.method
+    cfg = apply_overrides(CoMeTJob(), ["--optim.backbone", "lora", "--optim.backbone_lr", "1e-4",
+                                       "--optim.lora_rank=16", "--optim.lora_targets", '["q_proj", "v_proj"]'])
+    m = cfg.optim
     assert (m.backbone, m.backbone_lr, m.lora_rank, m.lora_targets) == ("lora", 1e-4, 16, ("q_proj", "v_proj"))
-    assert apply_overrides(cfg, ["--method.backbone_lr", "none"]).method.backbone_lr is None
-    with pytest.raises(ConfigError, match="method.backbone"):
-        apply_overrides(JobConfig(), ["--method.backbone", "half"])
-    listed = "\n".join(describe(JobConfig()))
+    assert apply_overrides(cfg, ["--optim.backbone_lr", "none"]).optim.backbone_lr is None
+    with pytest.raises(ConfigError, match="optim.backbone"):
+        apply_overrides(CoMeTJob(), ["--optim.backbone", "half"])
+    listed = "\n".join(describe(CoMeTJob()))
     for name in ("backbone", "backbone_lr", "lora_rank", "lora_alpha", "lora_targets"):
-        assert f"--method.{name} " in listed
+        assert f"--optim.{name} " in listed

@@ -7,10 +7,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from framework.config import ConfigError
 from framework.eval.autoencoder_eval import entropy_correlations, evaluate
-from framework.launch.config import DataConfig
+from framework.job import DataConfig, OptimConfig
 from framework.methods.autoencoder import AutoencoderJob, AutoencoderModule, AutoencoderSettings, build_model, validate
 from framework.methods.lm_module import global_token_mean
-from framework.methods.optim import OptimConfig
 from framework.models.compression.autoencoder import ContextAutoencoder
 from framework.models.compression.entropy import token_nll
 

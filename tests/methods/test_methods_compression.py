@@ -10,10 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models" / "compres
 from compression_helpers import batch, tiny_base  # noqa: E402
 
 from framework.config import ConfigError, apply_overrides  # noqa: E402
-from framework.methods.base_model import tiny_qwen3  # noqa: E402
+from framework.job import OptimConfig, tiny_qwen3  # noqa: E402
 from framework.methods.comi import COMIJob, COMIModule, COMISettings
 from framework.methods.compression import set_trainable
-from framework.methods.optim import OptimConfig
 from framework.methods.ram import RAMJob, RAMModule, RAMSettings
 from framework.methods.registry import get_method
 from framework.models.compression.lora import LoRALinear
@@ -67,6 +66,26 @@ def test_optimizer_groups_follow_the_trainable_set():
     assert names <= {"encoder", "encoder_no_decay", "alignment", "alignment_no_decay", "decoder", "decoder_no_decay"}
     in_opt = {id(p) for g in groups for p in g["params"]}
     assert in_opt == {id(p) for p in module.model.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("decoder", ["attention", "full", "lora"])
+def test_optimizer_groups_are_the_named_groups_with_decay_on_matrices_only(decoder):
+    """configure_optimizers builds its groups with optim.param_groups(named=...): the names, order, LRs and weight
+    decays of the groups it built itself before (each trainable set, decay on matrices, then no-decay)."""
+    settings = RAMSettings(encoder_layers=1, segment_size=8, decoder=decoder, lora_rank=4)
+    cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+    module = RAMModule(_model(settings, "ram"), cfg, 10, settings)
+    expected = []
+    for name, params in module.groups.items():
+        for decay in (True, False):
+            chosen = [p for p in params if p.requires_grad and (p.ndim >= 2) == decay]
+            if chosen:
+                expected.append((name + ("" if decay else "_no_decay"), 1e-3, 0.1 if decay else 0.0,
+                                 [id(p) for p in chosen]))
+    opt = module.configure_optimizers()["optimizer"]
+    got = [(g["name"], g["initial_lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups]
+    assert got == expected and {e[0] for e in expected} >= {"encoder", "alignment", "decoder"}
+    assert opt.defaults["betas"] == tuple(cfg.betas) and opt.defaults["eps"] == cfg.eps
 
 
 def test_per_batch_ratio_and_keep_fraction_depend_only_on_the_step():

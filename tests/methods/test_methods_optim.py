@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from framework.methods.optim import OptimConfig, OptimConfigError, build_optimizer, warmup_cosine
+from framework.job import OptimConfig, OptimConfigError
+from framework.methods.optim import build_optimizer, warmup_cosine
 
 
 def test_memory_params_get_the_multiplier_and_1d_params_no_decay(tiny_comet_model):

@@ -12,13 +12,11 @@ import torch
 
 from data_pipelines import build_source
 from data_pipelines.loader import collate
-from data_pipelines.poc_labels import LabelCache, cache_state, open_cache
+from data_pipelines.poc_label_cache import LabelCache, cache_state, open_cache
 from framework.config import ConfigError
-from framework.eval.poc_labels import LabelError, LabelJob, generate_labels, retention_from_scores
-from framework.launch.config import DataConfig
+from framework.job import DataConfig, OptimConfig, tiny_qwen3
+from framework.studies.poc_labelling import LabelError, LabelJob, generate_labels, retention_from_scores
 from framework.methods import poc
-from framework.methods.base_model import tiny_qwen3
-from framework.methods.optim import OptimConfig
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(600)]
 DATA = {"kind": "qa_facts", "seq_len": 64, "min_seq_len": 32, "num_samples": 12, "seed": 5}
@@ -135,7 +133,7 @@ def test_bad_label_settings_are_refused(compressor_dir, tmp_path):
 
 
 def test_the_f1_score_answers_from_each_memory(compressor_dir, tokenizer):
-    from framework.eval.poc_labels import _load_compressor, score_batch
+    from framework.studies.poc_labelling import _load_compressor, score_batch
 
     model, tok, _ = _load_compressor(compressor_dir, None)
     source = build_source(DATA, tok)
@@ -157,7 +155,7 @@ def test_the_poc_labels_kind_holds_out_the_last_contexts(labels, tokenizer):
 
 def _job(path):
     return poc.PoCJob(model=tiny_qwen3(hidden_size=32), poc=poc.PoCSettings(trunk_layers=1),
-                      method=OptimConfig(lr=1e-2, warmup_steps=0),
+                      optim=OptimConfig(lr=1e-2, warmup_steps=0),
                       data=DataConfig(kind="poc_labels", seq_len=64, batch_size=4,
                                       options={"path": path, "validation_fraction": 0.25}))
 
@@ -168,7 +166,7 @@ def test_the_module_trains_on_the_mse_of_the_retention(labels, tokenizer):
     poc.validate(cfg)
     model = poc.build_model(cfg, tokenizer)
     assert model.poc_info["grid"] == [0.125, 0.25, 0.5, 1.0] and model.poc_info["compressor"].startswith("dir:")
-    module = poc.PoCModule(model, cfg.method, total_steps=4)
+    module = poc.PoCModule(model, cfg.optim, total_steps=4)
     batch = collate([build_source({"kind": "poc_labels", "path": path, "seq_len": 64}, tokenizer)[i] for i in range(4)])
     loss_sum, count = module.loss_sum(batch)
     assert int(count) == 16 and torch.isfinite(loss_sum)
@@ -195,7 +193,7 @@ def saved_predictor(labels, tokenizer, tmp_path_factory):
 def test_the_saved_predictor_is_a_self_contained_registrable_kind(saved_predictor, tmp_path):
     import shutil
 
-    from framework.models.loading import find_model_dir
+    from framework.methods.registry import find_model_dir
     from framework.tracking.registry import RegistryError, check_model_dir, model_kind
 
     assert model_kind(saved_predictor).name == "poc-predictor"

@@ -23,8 +23,8 @@ class Sequences(torch.utils.data.Dataset):
 
 
 def _module(total_steps: int):
+    from framework.job import OptimConfig
     from framework.methods.comet import CoMeTModule
-    from framework.methods.optim import OptimConfig
 
     model = tiny_comet().train()
     return CoMeTModule(model, OptimConfig(lr=1e-3, warmup_steps=1, grad_clip=0.0), total_steps)

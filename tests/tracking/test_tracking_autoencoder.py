@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from framework.models.loading import NotACausalLMError, find_model_dir, load_causal_lm, load_saved_model
+from framework.methods.registry import find_model_dir, load_saved_model
+from framework.models.loading import NotACausalLMError, load_causal_lm
 from framework.tracking.registry import RegistryError, check_model_dir, log_and_register, model_kind
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

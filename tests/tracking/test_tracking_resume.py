@@ -125,7 +125,7 @@ def test_auto_starts_a_new_run_when_the_newest_run_finished(client, tmp_path):
     assert plan_resume("auto", client, exp, "job").run_id == newest
 
 
-PARAMS = {"launch.seed": "0", "method.lr": "0.003", "launch.max_steps": "30", "launch.num_workers": "1",
+PARAMS = {"launch.seed": "0", "optim.lr": "0.003", "launch.max_steps": "30", "launch.num_workers": "1",
           "tracking.model_name": "m"}
 
 
@@ -146,6 +146,15 @@ def test_a_changed_seed_is_refused_naming_the_key_unless_forced(client, tmp_path
     assert "max_steps" not in message and "\n" not in message
     plan = plan_resume(uri, client, exp, "job", params=changed, force=True)
     assert plan.run_id == run_id and plan.forced_changes == {"launch.seed": ["0", "1"]}
+
+
+def test_a_run_logged_before_the_optim_rename_is_compared_under_the_new_name():
+    """Runs logged when the `optim` section was `method` hold method.* params: they are compared as optim.*."""
+    from framework.tracking.resume import config_changes
+
+    old = {"launch.seed": "0", "method.lr": "0.003"}
+    assert config_changes(old, PARAMS) == {}
+    assert config_changes(old, {**PARAMS, "optim.lr": "0.001"}) == {"optim.lr": ("0.003", "0.001")}
 
 
 def test_run_job_refuses_a_changed_config_and_force_records_the_change(tmp_path, capsys):

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.eval.text_metrics import bleu, rouge_l, token_f1
+from framework.metrics.text_metrics import bleu, rouge_l, token_f1
 from framework.models.compression.entropy import batch_mask, token_nll
 
 SLOT_MODES = ("memory_tokens", "group_pool")

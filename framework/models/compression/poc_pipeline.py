@@ -65,7 +65,7 @@ class Choice:
 
 def grid_curve(predictor: PoCPredictor, input_ids: torch.Tensor, attention_mask, grid: torch.Tensor):
     """The context's predicted retention curve: predictions at the grid ratios, linearly interpolated."""
-    from framework.eval.poc_metrics import MeanRetentionCurve
+    from framework.metrics.poc_metrics import MeanRetentionCurve
 
     with torch.no_grad():
         values = predictor(input_ids[None] if input_ids.dim() == 1 else input_ids,
@@ -83,7 +83,7 @@ def factor_for_ratio(ratio: float) -> int | None:
 def search_ratio(curve, floor: float) -> float:
     """``two_stage_search`` on the curve, kept within the grid: nothing was measured below the smallest
     grid ratio (the curve is only extrapolated there), so the answer is at least that ratio."""
-    from framework.eval.poc_metrics import two_stage_search
+    from framework.metrics.poc_metrics import two_stage_search
 
     return max(two_stage_search(curve, floor), float(curve.ratios[0]))
 

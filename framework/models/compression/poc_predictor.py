@@ -5,7 +5,7 @@ r = |compressed| / |original|, for all candidates in one forward pass.
     predictor = PoCPredictor.from_causal_lm(lm, num_layers=2)       # embeddings + 2 blocks + norm
     pred = predictor(input_ids, attention_mask, ratios)              # [B, R] in (0, 1)
     loss = predictor.loss(pred, measured_retention)                  # MSE (PPE)
-    r = two_stage_search(predictor.retention_fn(ids[:1]), floor=0.9) # framework.eval.poc_metrics
+    r = two_stage_search(predictor.retention_fn(ids[:1]), floor=0.9) # framework.metrics.poc_metrics
 
 The trunk reads ``context ⊕ r_1 ⊕ [P] ⊕ r_2 ⊕ [P] ⊕ ...``: after the context's real tokens come, for
 each candidate ratio, a ratio token (a learned embedding of the ratio's bin among ``ratio_bins``
@@ -205,7 +205,7 @@ class PoCPredictor(nn.Module):
     def retention_fn(self, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """``predict(ratios[R]) -> retention[R]`` for one context ([T] or [1, T]), without gradients: the
-        callable ``framework.eval.poc_metrics.two_stage_search`` takes (call ``.eval()`` first if the
+        callable ``framework.metrics.poc_metrics.two_stage_search`` takes (call ``.eval()`` first if the
         trunk has dropout)."""
         ids = input_ids[None] if input_ids.dim() == 1 else input_ids
         mask = None if attention_mask is None else (attention_mask[None] if attention_mask.dim() == 1

@@ -58,6 +58,21 @@ class Compressed:
     def ratio(self) -> float:
         return sum(self.context_tokens) / max(1, sum(self.memory_slots))
 
+    def answer_segments_read(self) -> tuple[int, int]:
+        """(answer-holding segments that were read closely, answer-holding segments), summed over the batch:
+        RAM's answer-segment recall is their quotient. (0, 0) without segment labels (COMI, or no evidence)."""
+        hits = total = 0
+        for kept, positives in zip(self.kept, self.positives):
+            total += len(positives)
+            hits += len(set(kept) & set(positives))
+        return hits, total
+
+    @property
+    def answer_segment_recall(self) -> float | None:
+        """The share of answer-holding segments read closely (None without segment labels)."""
+        hits, total = self.answer_segments_read()
+        return hits / total if total else None
+
 
 @dataclass
 class CompressorOutput:

@@ -5,7 +5,7 @@ import torch
 
 from framework.models.comet import CoMeTConfig, CoMeTConfigError
 from framework.models.comet.memory import GlobalMemory
-from framework.models.comet.modeling import sample_gate_repeats
+from framework.models.comet.planning import sample_gate_repeats
 
 from conftest import tiny_comet
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compression_helpers import tiny_base
-from framework.eval.poc_metrics import mean_retention_curve, ppe, two_stage_search
+from framework.metrics.poc_metrics import mean_retention_curve, ppe, two_stage_search
 from framework.models.compression.poc_predictor import PoCPredictor, PoCPredictorError, ratio_bin
 
 V = 300

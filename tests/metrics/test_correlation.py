@@ -1,10 +1,10 @@
-"""spearman / pearson (framework/eval/correlation.py) against scipy.stats on fixed examples."""
+"""spearman / pearson (framework/metrics/correlation.py) against scipy.stats on fixed examples."""
 
 import pytest
 import scipy.special
 import scipy.stats
 
-from framework.eval.correlation import pearson, rankdata, regularized_incomplete_beta, spearman
+from framework.metrics.correlation import pearson, rankdata, regularized_incomplete_beta, spearman
 
 EXAMPLES = {
     "n3": ([1.0, 2.0, 3.5], [2.0, 1.0, 4.0]),

@@ -1,11 +1,11 @@
-"""Reconstruction metrics (framework/eval/text_metrics.py) on small hand-computed examples."""
+"""Reconstruction metrics (framework/metrics/text_metrics.py) on small hand-computed examples."""
 
 import math
 
 import pytest
 import torch
 
-from framework.eval.text_metrics import bleu, lcs_length, rouge_l, token_f1
+from framework.metrics.text_metrics import bleu, lcs_length, rouge_l, token_f1
 
 REF = "the cat sat on the mat".split()     # 6 tokens
 PRED = "the cat on the mat".split()        # 5 tokens, "sat" dropped

@@ -57,8 +57,8 @@ def _sweep(curves, measured, floors):
 
 
 def compare(predictor, cache, validation_fraction: float, floors=FLOORS) -> dict:
-    from data_pipelines.poc_labels import split_indices
-    from framework.eval.poc_metrics import (MeanRetentionCurve, mean_retention_curve, paired_ppe_difference,
+    from data_pipelines.poc_label_cache import split_indices
+    from framework.metrics.poc_metrics import (MeanRetentionCurve, mean_retention_curve, paired_ppe_difference,
                                             performance_at_ratio, ppe)
 
     n = len(cache)

@@ -89,6 +89,30 @@ def read_inputs(path: str) -> list[tuple[int, str, str | None]]:
     return rows
 
 
+def add_compress_subcommand(sub) -> None:
+    """``longctx compress``: PoC's per-context ratio and compression."""
+    parser = sub.add_parser("compress", help="compress each context at the smallest ratio a PoC predictor expects "
+                                             "to keep the floor", description=__doc__.strip(),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """`run`, with bad input as status 2 and one line naming the cause and the fix (as `longctx eval` does)."""
+    from data_pipelines.errors import DataConfigError
+    from framework.eval.model_uri import ModelURIError
+    from framework.tracking.store import TrackingError
+
+    try:
+        return run(args)
+    except (ModelURIError, DataConfigError, TrackingError, ValueError) as err:
+        from framework.tracking.redact import redact_text
+
+        print(f"longctx: error: {redact_text(str(err))}", file=sys.stderr)
+        return 2
+
+
 def run(args: argparse.Namespace) -> int:
     from framework.eval.model_uri import ModelURIError, resolve_model_dir
     from framework.models.compression.poc_pipeline import PoCPipeline, is_poc_dir

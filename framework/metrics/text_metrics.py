@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from typing import Sequence
 
-from framework.eval.qa_scoring import token_overlap_f1
+from framework.metrics.qa_scoring import token_overlap_f1
 
 
 def _tokens(x, name: str) -> list:

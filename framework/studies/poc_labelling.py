@@ -1,4 +1,5 @@
-"""PoC's training labels, measured: how much of a context's uncompressed score survives compressing it.
+"""The labels stage of the PoC study (framework.studies.poc): PoC's training labels, measured on Ray, i.e. how
+much of a context's uncompressed score survives compressing it.
 
 For every context of a QA source and every compression factor f of a list (COMI: context tokens per
 memory slot), the registered compressor builds the memory at f and its own decoder (the reader)
@@ -9,14 +10,14 @@ s_full and s_f:
     retention(r) = min(1, s_f / s_full),  and 1 when s_full = 0 (nothing left to lose)
 
 Scores (``score``): ``f1``, the SQuAD token F1 of the greedy answer against the gold answers
-(``framework.eval.qa_scoring``); or ``likelihood``, the per-token geometric-mean probability the
+(``framework.metrics.qa_scoring``); or ``likelihood``, the per-token geometric-mean probability the
 reader gives the gold answer, exp(-mean NLL) (teacher forced), a graded score for readers whose
 greedy answers are all wrong, such as a tiny compressor trained for a few minutes.
 
     labels, reused = generate_labels(LabelJob(compressor="models:/comi-qa-tiny/1", data={...}, path=...))
 
 The work runs as Ray tasks over shards of the contexts (on a cluster, on its workers); the result
-is cached in the token-store format (``data_pipelines.poc_labels``) under a key of everything it
+is cached in the token-store format (``data_pipelines.poc_label_cache``) under a key of everything it
 depends on, so a second call with the same key reads the cache and measures nothing.
 """
 
@@ -92,7 +93,8 @@ def compressor_identity(uri: str, tracking_uri: str | None) -> str:
     if uri.startswith("models:/") and "@" in uri:
         from mlflow import MlflowClient
 
-        from framework.tracking.store import TrackingConfig, resolve_tracking_uri
+        from framework.job import TrackingConfig
+        from framework.tracking.store import resolve_tracking_uri
 
         name, alias = uri[len("models:/"):].split("@", 1)
         version = MlflowClient(resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))) \
@@ -163,7 +165,7 @@ def score_batch(model, tokenizer, batch: dict, factors, score: str, max_new_toke
     """[B, 1 + F] scores of one batch: uncompressed, then every factor."""
     import torch
 
-    from framework.eval.qa_scoring import f1
+    from framework.metrics.qa_scoring import f1
 
     batch = {k: (v.to(model.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     cols = []
@@ -218,7 +220,7 @@ def generate_labels(job: LabelJob, log=print):
 
     from data_pipelines import build_source
     from data_pipelines.corpus import tokenizer_fingerprint
-    from data_pipelines.poc_labels import cache_key, cache_state, check_replaceable, open_cache, write_cache
+    from data_pipelines.poc_label_cache import cache_key, cache_state, check_replaceable, open_cache, write_cache
     from framework.launch.run import connect_ray
 
     job.check()

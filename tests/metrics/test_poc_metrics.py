@@ -1,11 +1,11 @@
-"""PoC's metrics and ratio search (framework/eval/poc_metrics.py) on hand-computed tiny cases."""
+"""PoC's metrics and ratio search (framework/metrics/poc_metrics.py) on hand-computed tiny cases."""
 
 import math
 
 import pytest
 import torch
 
-from framework.eval.poc_metrics import mean_retention_curve, performance_at_ratio, ppe, two_stage_search
+from framework.metrics.poc_metrics import mean_retention_curve, performance_at_ratio, ppe, two_stage_search
 
 
 def test_ppe_is_the_mean_squared_error_over_all_pairs():
@@ -84,7 +84,7 @@ def test_performance_at_ratio_by_hand():
 
 
 def test_paired_ppe_difference_by_hand():
-    from framework.eval.poc_metrics import paired_ppe_difference
+    from framework.metrics.poc_metrics import paired_ppe_difference
 
     target = [[1.0, 0.5], [1.0, 0.0], [0.0, 0.0]]
     a = [[1.0, 0.5], [1.0, 0.2], [0.0, 0.0]]      # squared errors per context: 0, 0.02, 0
