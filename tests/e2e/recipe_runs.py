@@ -135,7 +135,8 @@ class RayHead:
         deadline = time.monotonic() + 10
         while ray_pids(self.temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        shutil.rmtree(self.cwd, ignore_errors=True)
+        for path in (self.cwd, self.temp_dir):
+            shutil.rmtree(path, ignore_errors=True)
         self.temp_dir = self.cwd = self.address = None
 
 
