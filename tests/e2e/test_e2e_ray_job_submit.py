@@ -6,27 +6,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from recipe_runs import ROOT, free_port, recipe_env
+from recipe_runs import ROOT, free_port, ray_pids, recipe_env
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.own_ray]  # the test's own head, not the shared one
-
-
-def _ray_pids(temp_dir: str) -> list[int]:
-    """Processes of the head we started, found by its own temp dir (never other Ray clusters)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if temp_dir in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture
@@ -44,7 +28,7 @@ def ray_head():
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        for pid in _ray_pids(temp_dir):
+        for pid in ray_pids(temp_dir):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
