@@ -39,8 +39,8 @@ def tiny() -> AEStudyConfig:
     return AEStudyConfig(
         model=tiny_qwen3(hidden_size=64),
         study=StudySettings(seq_len=32, lm_steps=150, lm_batch_size=16, ae_steps=200, ae_batch_size=16),
-        lm_method=OptimConfig(lr=3e-3, warmup_steps=10, grad_clip=1.0),
-        ae_method=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
+        lm_optim=OptimConfig(lr=3e-3, warmup_steps=10, grad_clip=1.0),
+        ae_optim=OptimConfig(lr=2e-3, warmup_steps=10, grad_clip=1.0),
         autoencoder=AutoencoderSettings(slots=8, slot_mode="memory_tokens", eval_samples=32, eval_batch_size=32),
         launch=LaunchConfig(run_name="ae_study-tiny", checkpoint_every_n_steps=1000),
         tracking=TrackingConfig(model_name="ae-study-tiny"),
@@ -53,8 +53,8 @@ def paper() -> AEStudyConfig:
     return AEStudyConfig(
         model=BaseModelConfig(base="random:qwen3", tokenizer="project", arch=arch),
         study=StudySettings(seq_len=512, lm_steps=20_000, lm_batch_size=32, ae_steps=5_000, ae_batch_size=32),
-        lm_method=OptimConfig(lr=3e-4, warmup_steps=500, grad_clip=1.0),
-        ae_method=OptimConfig(lr=1e-4, warmup_steps=100, grad_clip=1.0),
+        lm_optim=OptimConfig(lr=3e-4, warmup_steps=500, grad_clip=1.0),
+        ae_optim=OptimConfig(lr=1e-4, warmup_steps=100, grad_clip=1.0),
         autoencoder=AutoencoderSettings(slots=128, slot_mode="memory_tokens", eval_samples=512, eval_batch_size=32),
         launch=LaunchConfig(run_name="ae_study", checkpoint_every_n_steps=1000),
         tracking=TrackingConfig(model_name="ae-study"),

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from framework.config import ConfigError
 from framework.job import BaseModelConfig, DataConfig, LaunchConfig, OptimConfig, TrackingConfig
@@ -74,11 +75,13 @@ class AEStudyConfig:
 
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     study: StudySettings = field(default_factory=StudySettings)
-    lm_method: OptimConfig = field(default_factory=OptimConfig)
-    ae_method: OptimConfig = field(default_factory=OptimConfig)
+    lm_optim: OptimConfig = field(default_factory=OptimConfig)
+    ae_optim: OptimConfig = field(default_factory=OptimConfig)
     autoencoder: AutoencoderSettings = field(default_factory=AutoencoderSettings)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    RENAMED_FIELDS: ClassVar[dict] = {"lm_method": "lm_optim", "ae_method": "ae_optim"}  # old configs' names
 
 
 AEStudyConfig.METHOD = "autoencoder"  # the model the recipe reports is an autoencoder (recipe_cli's load hint)
@@ -105,7 +108,7 @@ def _named(cfg: AEStudyConfig, stage: str, steps: int) -> dict:
 
 def lm_job(cfg: AEStudyConfig, corpus: str) -> CausalLMJob:
     """Pretrain a random LM (cfg.model) on one corpus."""
-    return CausalLMJob(model=cfg.model, optim=cfg.lm_method, data=_data(cfg, corpus, cfg.study.lm_batch_size),
+    return CausalLMJob(model=cfg.model, optim=cfg.lm_optim, data=_data(cfg, corpus, cfg.study.lm_batch_size),
                        **_named(cfg, f"lm-{corpus}", cfg.study.lm_steps))
 
 
@@ -114,7 +117,7 @@ def ae_job(cfg: AEStudyConfig, encoder: str, decoder: str, lm_uris: dict) -> Aut
     the other LM frozen as the decoder, trained on study.ae_data's corpus."""
     settings = dataclasses.replace(cfg.autoencoder, encoder=lm_uris[encoder], decoder=lm_uris[decoder])
     corpus = decoder if cfg.study.ae_data == "decoder" else encoder
-    return AutoencoderJob(model=cfg.model, optim=cfg.ae_method, autoencoder=settings,
+    return AutoencoderJob(model=cfg.model, optim=cfg.ae_optim, autoencoder=settings,
                           data=_data(cfg, corpus, cfg.study.ae_batch_size),
                           **_named(cfg, f"ae-{encoder}-{decoder}", cfg.study.ae_steps))
 
