@@ -73,18 +73,36 @@ def free_port() -> int:
 
 
 
+HEAD_MARK = "LONGCTX_TEST_RAY_HEAD"  # in the environment of every process of a test's head: some rename their title
+
+
+def head_env(env: dict, temp_dir: str) -> dict:
+    """`env` for `ray start` of a head in `temp_dir`: its processes (agents included) carry the mark."""
+    return {**env, HEAD_MARK: temp_dir}
+
+
+def head_ports() -> list[str]:
+    """Free ports for the per-node agents and the client server, whose defaults (52365, 10001, ...) a head started
+    by another run on the machine (or left behind by a killed one) may still hold."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}"]
+
+
 def ray_pids(temp_dir: str) -> list[int]:
-    """Processes of a Ray head, found by its own temp dir (never other Ray clusters on the machine)."""
+    """Processes of a Ray head, found by its own temp dir (never other Ray clusters on the machine): in the command
+    line, or as the mark of `head_env` (the agents and workers rename their titles, e.g. ray::DashboardAgent)."""
+    mark = f"{HEAD_MARK}={temp_dir}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if temp_dir in cmdline or mark in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if temp_dir in cmdline:
-            pids.append(int(entry.name))
     return pids
 
 
@@ -113,8 +131,9 @@ class RayHead:
         started = subprocess.run(
             ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
              "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
-             "--disable-usage-stats"],
-            cwd=self.cwd, env={**env, "RAY_ADDRESS": self.address}, capture_output=True, text=True, timeout=timeout)
+             "--disable-usage-stats", *head_ports()],
+            cwd=self.cwd, env=head_env({**env, "RAY_ADDRESS": self.address}, self.temp_dir), capture_output=True,
+            text=True, timeout=timeout)
         if started.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")

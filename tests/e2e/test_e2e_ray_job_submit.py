@@ -8,7 +8,7 @@ import tempfile
 import time
 
 import pytest
-from recipe_runs import ROOT, free_port, ray_pids, recipe_env
+from recipe_runs import ROOT, free_port, head_env, head_ports, ray_pids, recipe_env
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.own_ray]  # the test's own head, not the shared one
 
@@ -22,8 +22,9 @@ def ray_head():
     env["RAY_AUTH_MODE"] = "token"
     start = subprocess.run(
         ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-         "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180)
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         *head_ports()],
+        env=head_env(env, temp_dir), capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         yield f"http://127.0.0.1:{dashboard}", env
