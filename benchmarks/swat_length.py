@@ -51,6 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from framework.metrics.training_curve import summarize_curve as loss_curve  # noqa: E402
+
 MODELS = ("swat", "vanilla", "sigmoid_no_bias", "sliding_softmax")
 MULTIPLES = (1, 4, 16, 64)
 LENGTH_FACTORS = (1, 4, 16, 64, 256)  # evaluation lengths, in units of the window w
@@ -151,18 +153,12 @@ def train_model(name: str, args, train_windows, order) -> tuple[object, dict]:
 
 
 def summarize_curve(losses: list[float], grad_norms: list[float], points: int = 20) -> dict:
-    """Training loss curve as `points` block means (with the step each block ends at), plus extremes."""
+    """The library's loss-curve summary (framework.metrics.training_curve), plus the gradient norms' extremes."""
+    summary = loss_curve(losses, points)
+    curve = summary.pop("curve")
     n = len(losses)
-    blocks = []
-    for i in range(min(points, n)):
-        lo, hi = i * n // min(points, n), (i + 1) * n // min(points, n)
-        blocks.append({"step": hi, "mean_loss": round(sum(losses[lo:hi]) / (hi - lo), 4)})
-    tail = losses[-max(1, n // 10):]
-    finite = [x for x in losses if math.isfinite(x)]
-    return {"first_loss": round(losses[0], 4), "final_loss_mean_last_10pct": round(sum(tail) / len(tail), 4),
-            "min_loss": round(min(finite), 4) if finite else None, "nonfinite_steps": n - len(finite),
-            "max_grad_norm": round(max(grad_norms), 3), "median_grad_norm": round(sorted(grad_norms)[n // 2], 3),
-            "curve": blocks}
+    return {**summary, "max_grad_norm": round(max(grad_norms), 3),
+            "median_grad_norm": round(sorted(grad_norms)[n // 2], 3), "curve": curve}
 
 
 def evaluate(model, val_tokens_windows: dict, batch_tokens: int) -> dict:

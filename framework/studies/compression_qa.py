@@ -92,6 +92,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework.metrics.training_curve import summarize_curve
+
 MODELS = ("ram", "comi", "mean_pool")
 LABELS = {
     "ram": "RAM: 1-layer encoder, 16-token segments, top-k close reading + query-weighted skimming, contrastive loss",
@@ -248,22 +250,6 @@ def optimizer_for(groups: dict, lr: float, weight_decay: float, warmup: int, ste
     cfg = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=warmup, min_lr_ratio=min_lr_ratio)
     opt = torch.optim.AdamW(param_groups(None, (), cfg, named=groups), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     return opt, lr_scheduler(opt, cfg, steps)
-
-
-def summarize_curve(losses: list, points: int = 20) -> dict:
-    """Training loss as `points` block means (with the step each block ends at), plus first / last."""
-    n = len(losses)
-    if n == 0:
-        return {"curve": []}
-    blocks = []
-    for i in range(min(points, n)):
-        lo, hi = i * n // min(points, n), (i + 1) * n // min(points, n)
-        blocks.append({"step": hi, "mean_loss": round(sum(losses[lo:hi]) / (hi - lo), 4)})
-    tail = losses[-max(1, n // 10):]
-    finite = [x for x in losses if math.isfinite(x)]
-    return {"first_loss": round(losses[0], 4), "final_loss_mean_last_10pct": round(sum(tail) / len(tail), 4),
-            "min_loss": round(min(finite), 4) if finite else None, "nonfinite_steps": n - len(finite),
-            "curve": blocks}
 
 
 def train_loop(tag: str, model, groups: dict, batch_fn, step_fn, steps: int, lr: float, warmup: int, study) -> dict:
