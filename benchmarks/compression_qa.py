@@ -6,6 +6,8 @@
     python benchmarks/compression_qa.py --save-dir outputs/cqa       # also save the reader and compressors
     python benchmarks/compression_qa.py --reader-from outputs/cqa/reader --models comi --steps 1200
                                                      # new compressors on a saved reader (stage 0 skipped)
+    python benchmarks/compression_qa.py --save-dir outputs/cqa --resume auto
+                                                     # continue the newest run: its finished stages are kept
 
 Prints one JSON object, writes it to ``--out`` (default ``benchmarks/results/compression_qa.json``) and
 plots exact match against compression ratio to ``--plot`` (default ``docs/img/compression_qa.png``).
@@ -13,12 +15,14 @@ plots exact match against compression ratio to ``--plot`` (default ``docs/img/co
 A driver: the stages (the reader, the compressors with their ratio curriculum and autoencoding stage, the
 evaluation, the claims and the training record) are ``framework.studies.compression_qa``, whose docstring
 describes what is measured; every flag is a field of its ``CompressionQAStudy`` (``--quick``: its ``QUICK``
-preset's sizes).
+preset's sizes; ``--tracking-uri`` and ``--experiment``: its ``tracking``). The run is an MLflow parent run
+(``compression_qa``) with a child run per stage; the progress lines go to stderr, the JSON alone to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,7 +36,8 @@ from framework.studies.compression_qa import (  # noqa: E402, F401  (re-exported
     EVAL_SEED, FULL, LABELS, MODELS, QUICK_SIZES, TRAIN_ARGS, TRAINING_RECORD, CompressionQAStudy,
     answer_loss_of_memory, claims, curriculum_phase, evaluate, make_batch, make_plot, method_settings,
     multi_query_loss, phase_seq_len, reader_exact_match, run, setting_row, state_hash, summarize_curve, tensors,
-    train_loop, truncation_budget)
+    truncation_budget)
+from framework.job import TrackingConfig  # noqa: E402
 
 
 def _ints(s: str) -> list:
@@ -95,6 +100,14 @@ def parse_args(argv=None):
     p.add_argument("--compressors-from", default=None,
                    help="a --save-dir of an earlier run: load DIR/<name> for each of --models instead of training "
                         "it (with --reader-from, the evaluation of compressors trained in separate runs)")
+    p.add_argument("--accelerator", default=d.accelerator, help="the Trainer's accelerator for the training stages")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store of the run (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", default=d.tracking.experiment, help="MLflow experiment")
+    p.add_argument("--resume", default=None,
+                   help="runs:/<parent run id> or auto (the newest compression_qa run): the stages that finished "
+                        "there are not run again (their weights are loaded from where they saved them; needs "
+                        "--save-dir)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compression_qa.json"))
     p.add_argument("--plot", default=str(REPO / "docs" / "img" / "compression_qa.png"))
     args = p.parse_args(argv)
@@ -107,17 +120,21 @@ def parse_args(argv=None):
         study.check()
     except ValueError as err:
         p.error(str(err))
-    vars(args).update(dataclasses.asdict(study))  # warmup resolved, ratios sorted
+    # warmup resolved, ratios sorted (the tracking settings stay the flags they came from)
+    vars(args).update({k: v for k, v in dataclasses.asdict(study).items() if k != "tracking"})
     return args
 
 
 def study_of(args) -> CompressionQAStudy:
-    return CompressionQAStudy(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompressionQAStudy)})
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(CompressionQAStudy) if f.name != "tracking"}
+    return CompressionQAStudy(**fields, tracking=TrackingConfig(tracking_uri=args.tracking_uri,
+                                                                experiment=args.experiment))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = run(study_of(args))
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' MLflow lines; stdout is the JSON's
+        result = run(study_of(args))
     plot = Path(make_plot(result, args.plot)).resolve()
     result["plot"] = str(plot.relative_to(REPO)) if plot.is_relative_to(REPO) else str(plot)
     text = json.dumps(result, indent=2)

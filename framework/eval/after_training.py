@@ -11,6 +11,10 @@ metrics and files are logged to the training run (``result.run_id``); the JSON s
   (full attention) to ``<out_dir>/base/``, and one summary side by side, by length, to
   ``<out_dir>/<summary_file>`` (metrics ``eval/<method>/ppl_<n>``, ``eval/base/ppl_<n>``,
   ``eval/base/passkey/acc_<n>``).
+* ``heldout_lm`` (``framework.eval.heldout_lm``, a CoMeT job): the model next to its own backbone on held-out
+  windows of the novels, metrics ``eval/lm/{comet,base_window,base_full}_ppl_<n>``; alone, its summary is
+  ``<out_dir>/<summary_file>`` and the printed one ``{"model", "mlflow_run_id", "table", "file"}``; with other
+  tasks it writes ``<out_dir>/heldout_lm.json`` and the printed summary holds it under ``heldout_lm``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ def check_evaluation(job) -> None:
     from framework.config import ConfigError
 
     job.eval.check_job(job)
+    if "heldout_lm" in job.eval.tasks and getattr(job, "METHOD", None) != "comet":
+        raise ConfigError(f"eval.tasks={job.eval.tasks}: heldout_lm compares a CoMeT model with its own backbone, "
+                          f"and this job trains a {getattr(job, 'METHOD', None) or type(job).__name__} model. "
+                          "Fix: --eval.tasks perplexity (or drop heldout_lm)")
     filler = job.eval.passkey.filler
     if "passkey" in job.eval.tasks and filler.startswith("@"):
         from framework.eval.passkey import resolve_filler
@@ -112,6 +120,7 @@ def run_evaluations(job, result) -> dict:
 
     ev, pk, seq_len = job.eval, job.eval.passkey, job.data.seq_len
     run_passkey, run_ppl = "passkey" in ev.tasks, "perplexity" in ev.tasks
+    run_heldout = "heldout_lm" in ev.tasks
     lengths = pk.resolved_lengths(seq_len)
     ppl_lengths = ev.perplexity_lengths(seq_len)
     filler = resolve_filler(pk.filler)  # vetted by check_evaluation before training
@@ -120,11 +129,25 @@ def run_evaluations(job, result) -> dict:
     loaded = load_model(uri, tracking_uri=result.tracking_uri)
     mlflow.set_tracking_uri(result.tracking_uri)
     with mlflow.start_run(run_id=result.run_id):
+        heldout = None
+        if run_heldout:
+            from framework.eval.heldout_lm import heldout_lm_report
+
+            alone = not (run_passkey or run_ppl)
+            heldout = heldout_lm_report(job, loaded, uri, ev.out_dir, ev.summary_file if alone else "heldout_lm.json",
+                                        log=progress)
+            heldout = {"model": uri, "mlflow_run_id": result.run_id, "table": heldout["summary"]["table"],
+                       "file": heldout["file"]}
+            if alone:
+                print_summary(heldout)
+                return heldout
         if run_passkey and not run_ppl and not ev.base.enabled:  # the passkey report alone
             summary = passkey_report(loaded, lengths, pk.depths, pk.trials, seed=pk.seed, out_dir=ev.out_dir,
                                      filler=filler, digits=_digits(job), batch_size=pk.batch_size, title=_title(job))
             summary["train_len"] = seq_len
             summary["multiples"] = [n // seq_len for n in lengths]
+            if heldout:
+                summary["heldout_lm"] = heldout
             print_summary(summary)
             return summary
         device = next(loaded.model.parameters()).device
@@ -154,6 +177,8 @@ def run_evaluations(job, result) -> dict:
             method: {"passkey": own_pk, "perplexity": own_ppl},
             "base": base_summary,
         }
+        if heldout:
+            summary["heldout_lm"] = heldout
         path = write_summary(summary, ev.out_dir, ev.summary_file)
         metrics = {f"eval/{method}/ppl_{n}": v for n, v in (own_ppl or {}).items() if v is not None}
         if base_summary:

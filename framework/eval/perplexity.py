@@ -495,7 +495,7 @@ def perplexity_ratios(comet: dict, base: dict) -> dict | None:
 
 
 def compare_with_base(model, docs, buckets="8", batch_size: int = 1, base_full_max_len: int | None = None,
-                      log=lambda _: None) -> dict:
+                      log=lambda _: None, with_base: bool = True) -> dict:
     """Perplexity of a CoMeT model and of its base model (`model.backbone`, same weights) on the same tokens.
 
     docs: (input_ids, labels) pairs of 1-D tensors (or lists) of one length; labels -100 are not scored.
@@ -504,6 +504,7 @@ def compare_with_base(model, docs, buckets="8", batch_size: int = 1, base_full_m
     model streamed, the base model on each chunk_size window alone, and the base model with full attention
     (skipped when seq_len > base_full_max_len, default its max_position_embeddings; 0 = never). Memory stays
     bounded except in the full-attention pass, which reports "out of memory" when it does not fit.
+    with_base=False streams the CoMeT model alone: base_window and base_full are {"status": "not run: ..."}.
     """
     require_comet(model, "compare_with_base")
     if not docs:
@@ -512,15 +513,20 @@ def compare_with_base(model, docs, buckets="8", batch_size: int = 1, base_full_m
     seq_len, chunk = len(docs[0][0]), model.config.chunk_size
     edges = parse_buckets(buckets, seq_len) if isinstance(buckets, str) else list(buckets)
     totals = {key: ModelTotals(edges, chunk) for key in COMPARED}
-    full_status = base_full_skip_reason(model.backbone, seq_len, base_full_max_len)
+    no_base = None if with_base else "not run: the base comparison is off"
+    full_status = no_base or base_full_skip_reason(model.backbone, seq_len, base_full_max_len)
     for first, ids, labels in _batches(docs, batch_size, model.device):
-        log(f"documents {first + 1}-{first + ids.shape[0]} of {len(docs)} ({seq_len} tokens each): CoMeT, "
-            f"base model on windows of {chunk}{'' if full_status else ', base model with full attention'}")
+        sides = "" if no_base else f", base model on windows of {chunk}"
+        sides += "" if full_status else ", base model with full attention"
+        log(f"documents {first + 1}-{first + ids.shape[0]} of {len(docs)} ({seq_len} tokens each): CoMeT{sides}")
         stream_document_nll(model, ids, labels, totals["comet"], chunk)
-        window_document_nll(model.backbone, ids, labels, totals["base_window"], chunk)
+        if not no_base:
+            window_document_nll(model.backbone, ids, labels, totals["base_window"], chunk)
         if full_status is None:
             full_status = _full_attention_or_oom(model.backbone, ids, labels, totals["base_full"])
     report = {key: totals[key].summary() for key in COMPARED}
+    if no_base:
+        report["base_window"] = {"status": no_base}
     if full_status is not None:
         report["base_full"] = {"status": full_status}
     report["ratios"] = {f"comet_over_{key}": perplexity_ratios(report["comet"], report[key])

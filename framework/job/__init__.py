@@ -11,13 +11,14 @@
 `framework/methods/<method>.py` (e.g. `CoMeTJob` in framework.methods.comet) and adds its own section.
 """
 
-from framework.job.evaluation import EVAL_TASKS, BaseCompareEval, EvalConfig, PasskeyEval, PerplexityEval
+from framework.job.evaluation import (EVAL_TASKS, BaseCompareEval, EvalConfig, HeldoutLMEval, PasskeyEval,
+                                       PerplexityEval)
 from framework.job.model import RANDOM_FAMILIES, RANDOM_PREFIX, BaseModelConfig, BaseModelError, tiny_qwen3
 from framework.job.optim import BACKBONE_MODES, OptimConfig, OptimConfigError
 from framework.job.sections import PIPELINE_STRATEGY, STRATEGIES, DataConfig, LaunchConfig, TrainJob
 from framework.job.tracking import TrackingConfig, check_run_name
 
 __all__ = ["BACKBONE_MODES", "BaseCompareEval", "BaseModelConfig", "BaseModelError", "DataConfig", "EVAL_TASKS",
-           "EvalConfig", "LaunchConfig", "OptimConfig", "OptimConfigError", "PIPELINE_STRATEGY", "PasskeyEval",
+           "EvalConfig", "HeldoutLMEval", "LaunchConfig", "OptimConfig", "OptimConfigError", "PIPELINE_STRATEGY", "PasskeyEval",
            "PerplexityEval", "RANDOM_FAMILIES", "RANDOM_PREFIX", "STRATEGIES", "TrackingConfig", "TrainJob",
            "check_run_name", "tiny_qwen3"]

@@ -5,6 +5,7 @@
       out_dir: outputs/eval/my_run
       passkey: {multiples: [32, 128], depths: [0, 0.5, 1], trials: 20}
       perplexity: {docs: 1}               # lengths: empty means the passkey lengths
+      heldout_lm: {lengths: [8192, 16384], docs: 1, fraction: 0.2}   # tasks: [heldout_lm]
       base: {enabled: true, max_len: 8192}
 
 or, on any recipe's command line, ``--eval.tasks passkey --eval.passkey.lengths 8192,16384``.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from framework.config import ConfigError
 
-EVAL_TASKS = ("passkey", "perplexity")
+EVAL_TASKS = ("passkey", "perplexity", "heldout_lm")
 FILLERS = ("repeat", "novels")  # or @<path of a text file>
 MIN_LENGTH = 64  # the shortest haystack or window a task takes (tokens)
 
@@ -104,10 +105,39 @@ class PerplexityEval:
 
 
 @dataclass
+class HeldoutLMEval:
+    """The language-model comparison on held-out text (framework.eval.heldout_lm): the registered CoMeT model
+    next to its own backbone (the base weights) reading each chunk's window alone and at full context.
+    lengths: window lengths in tokens. docs: windows per length. fraction: the held-out tail of the shipped
+    novels' token stream the windows come from, the share the text data's `validation_fraction` keeps out of
+    training (the recipe's 0.2). The base side runs with eval.base.enabled; eval.base.max_len caps its
+    full-attention pass (empty: the backbone's max_position_embeddings)."""
+
+    lengths: list[int] = field(default_factory=lambda: [8192, 16384])
+    docs: int = 1
+    fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            raise ConfigError("eval.heldout_lm.lengths is empty: no window length to run. "
+                              "Fix: e.g. --eval.heldout_lm.lengths 8192,16384")
+        _check_lengths("eval.heldout_lm.lengths", self.lengths, "a window that short says little", "8192,16384")
+        if self.docs < 1:
+            raise ConfigError(f"eval.heldout_lm.docs={self.docs}: need at least 1 window per length. "
+                              "Fix: e.g. --eval.heldout_lm.docs 1")
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"eval.heldout_lm.fraction={self.fraction}: the held-out tail is a share of the "
+                              "token stream, strictly between 0 and 1. Fix: e.g. --eval.heldout_lm.fraction 0.2 "
+                              "(the text data's validation_fraction)")
+
+
+@dataclass
 class BaseCompareEval:
-    """enabled: also run the base model (model.base) with full attention on the same haystacks and windows.
-    max_len: the longest length it runs at (empty: every length on a GPU; on a CPU up to its
-    max_position_embeddings); longer ones are reported as not run."""
+    """enabled: also run the base model (model.base) with full attention on the same haystacks and windows
+    (heldout_lm: the CoMeT model's own backbone, on each chunk's window alone and at full context).
+    max_len: the longest length it runs at with full attention (empty: every length on a GPU; on a CPU up to
+    its max_position_embeddings; heldout_lm: up to its max_position_embeddings); longer ones are reported as
+    not run."""
 
     enabled: bool = False
     max_len: int | None = None
@@ -120,15 +150,17 @@ class BaseCompareEval:
 
 @dataclass
 class EvalConfig:
-    """tasks: the evaluations run on the registered model after training, in order (passkey, perplexity);
-    empty: none. out_dir: where the JSON summaries and heat-maps go. summary_file: the name of the combined
-    summary written when perplexity or the base comparison runs (passkey alone writes passkey.json)."""
+    """tasks: the evaluations run on the registered model after training, in order (passkey, perplexity,
+    heldout_lm); empty: none. out_dir: where the JSON summaries and heat-maps go. summary_file: the name of the
+    combined summary written when perplexity or the base comparison runs (passkey alone writes passkey.json;
+    heldout_lm alone writes its own summary under this name, with other tasks as heldout_lm.json)."""
 
     tasks: list[str] = field(default_factory=list)
     out_dir: str = "outputs/eval"
     summary_file: str = "eval.json"
     passkey: PasskeyEval = field(default_factory=PasskeyEval)
     perplexity: PerplexityEval = field(default_factory=PerplexityEval)
+    heldout_lm: HeldoutLMEval = field(default_factory=HeldoutLMEval)
     base: BaseCompareEval = field(default_factory=BaseCompareEval)
 
     def __post_init__(self) -> None:
@@ -152,9 +184,13 @@ class EvalConfig:
         from framework.job.model import RANDOM_PREFIX
 
         seq_len = job.data.seq_len
-        if self.tasks and self.base.enabled and str(job.model.base).startswith(RANDOM_PREFIX):
+        # heldout_lm compares with the CoMeT model's own backbone, which a random model.base has too
+        loads_base = [t for t in self.tasks if t != "heldout_lm"]
+        if loads_base and self.base.enabled and str(job.model.base).startswith(RANDOM_PREFIX):
             raise ConfigError(f"eval.base.enabled=true, but model.base={job.model.base!r} is a random model: there "
-                              "is no trained base to compare with. Fix: --eval.base.enabled false")
+                              f"is no trained base to compare with in {loads_base}. Fix: --eval.base.enabled false")
+        if "heldout_lm" in self.tasks:
+            self._check_heldout_lm(job)
         if "passkey" in self.tasks and not self.passkey.lengths:
             short = [m for m in self.passkey.multiples if m * seq_len < MIN_LENGTH]
             if short:
@@ -162,6 +198,15 @@ class EvalConfig:
                                   f"is below {MIN_LENGTH} tokens, too short for a haystack. Fix: e.g. "
                                   f"--eval.passkey.multiples {-(-MIN_LENGTH // seq_len)}, or --eval.passkey.lengths "
                                   "8192,32768")
+
+    def _check_heldout_lm(self, job) -> None:
+        options = job.data.options or {}
+        trained = options.get("validation_fraction")
+        if (job.data.kind == "text" and options.get("split", "train") == "train" and trained is not None
+                and self.heldout_lm.fraction > float(trained)):
+            raise ConfigError(f"eval.heldout_lm.fraction={self.heldout_lm.fraction} is more than the "
+                              f"data.options.validation_fraction={trained} the training keeps out, so the held-out "
+                              f"windows would include trained text. Fix: --eval.heldout_lm.fraction {trained}")
 
     def perplexity_lengths(self, seq_len: int) -> list[int]:
         """The perplexity window lengths: `perplexity.lengths`, else the passkey lengths."""

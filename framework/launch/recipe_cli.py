@@ -42,7 +42,8 @@ FLAG_FIELDS = {"max_steps": "launch.max_steps", "num_workers": "launch.num_worke
 
 
 # old flags of the recipes that evaluated by hand, now the job's `eval` section: old flag -> (dotted field, the
-# value a flag without one sets). A recipe that still defines the flag itself (add_flags) keeps its own.
+# value a flag without one sets). A recipe that still defines the flag itself (add_flags) keeps its own; a recipe
+# whose old flags meant other fields passes its own to main (eval_aliases), over these.
 EVAL_FLAG_ALIASES = {
     "--eval-multiples": ("eval.passkey.multiples", None), "--eval-lengths": ("eval.passkey.lengths", None),
     "--eval-depths": ("eval.passkey.depths", None), "--eval-trials": ("eval.passkey.trials", None),
@@ -85,9 +86,10 @@ def translate_aliases(argv: Sequence[str], aliases: Mapping[str, tuple[str, str 
     return out
 
 
-def build_parser(description: str, presets: Sequence[str], default: str) -> argparse.ArgumentParser:
+def build_parser(description: str, presets: Sequence[str], default: str,
+                 aliases: Mapping[str, tuple[str, str | None]] | None = None) -> argparse.ArgumentParser:
     epilog = ("Any config field can be set as --section.field VALUE; --help-config lists them.\n"
-              f"Deprecated, still accepted: the old evaluation flags {', '.join(EVAL_FLAG_ALIASES)} "
+              f"Deprecated, still accepted: the old evaluation flags {', '.join(aliases or EVAL_FLAG_ALIASES)} "
               "(aliases of --eval.*).")
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=epilog)
@@ -161,7 +163,8 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
          add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
          check: Callable[[argparse.Namespace, object], None] | None = None,
          after: Callable[[argparse.Namespace, object, object], int] | None = None,
-         flag_fields: Mapping[str, str] | None = None, run: Callable | None = None) -> int:
+         flag_fields: Mapping[str, str] | None = None, run: Callable | None = None,
+         eval_aliases: Mapping[str, tuple[str, str | None]] | None = None) -> int:
     """Parse, compose the config, train on Ray, register; then the job's evaluations (its `eval` section:
     checked before training, run on the registered model by framework.eval.after_training), then
     `after(args, cfg, result)` if given. Old evaluation flags (EVAL_FLAG_ALIASES, e.g. --eval-trials) still
@@ -173,7 +176,9 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     value is the exit status. flag_fields maps the dest of a recipe flag to the config field it sets
     (e.g. {"attention": "attention.kind"}); like the common flags, it applies after the preset.
     run(cfg, resume) replaces ``run_job`` for a recipe of several jobs (framework.launch.stages); it
-    returns the JobResult whose registered model the recipe reports.
+    returns the JobResult whose registered model the recipe reports. eval_aliases: the recipe's own old
+    evaluation flags (flag -> (dotted field, fixed value or None)), over EVAL_FLAG_ALIASES (e.g. --eval-lengths
+    -> eval.heldout_lm.lengths where the recipe's lengths were those).
     """
     from framework.launch.run import LaunchError, run_job
     from framework.job import BaseModelError
@@ -181,11 +186,12 @@ def main(presets: Mapping[str, Callable], default: str, description: str, argv: 
     from framework.tracking.store import TrackingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(description, presets, default)
+    aliases = {**EVAL_FLAG_ALIASES, **(eval_aliases or {})}
+    parser = build_parser(description, presets, default, aliases)
     if add_flags is not None:
         add_flags(parser)
     try:
-        argv = translate_aliases(argv, EVAL_FLAG_ALIASES, own=list(parser._option_string_actions))
+        argv = translate_aliases(argv, aliases, own=list(parser._option_string_actions))
     except ConfigError as err:
         parser.error(str(err))
     flags, overrides = split_overrides(argv)

@@ -12,6 +12,13 @@ When a stage finishes, the parent records its outcome in tags ``longctx.stage.<s
 Resume (``--resume runs:/<parent id>``, or ``auto``: the newest parent run of this run name):
 finished stages are not run again (their recorded JobResult is returned); an unfinished stage
 continues its own run from its newest checkpoint, or starts again when it reached none.
+
+A stage may also run in this process (``stages.local(stage, fn)``, e.g. a small study's stage
+trained by an in-process Lightning Trainer): a child run tagged like a job's, ``fn()``'s JSON result
+recorded on the parent as ``longctx.stage.<stage>.result`` (and on the child as ``stage_result.json``;
+a result longer than an MLflow tag holds is kept there only, the tag pointing to it). On resume a
+finished local stage is not run again: its recorded result is returned; an unfinished one runs
+again from its start (it has no checkpoints).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from framework.tracking.store import check_store, default_artifact_location, ens
 STAGES_TAG = "longctx.stages"      # on the parent: the recipe's run of several jobs
 STAGE_TAG = "longctx.stage"        # on a child: "<parent id>/<stage>"
 RESULT_TAG = "longctx.stage.{}.result"   # on the parent: the stage's JobResult as JSON
+LOCAL_RESULT = "stage_result.json"       # on a local stage's child run: its whole result
+TAG_LIMIT = 8000                         # MLflow's longest tag value
 
 
 @dataclass
@@ -96,6 +105,35 @@ class Stages:
         self.set_tag(RESULT_TAG.format(stage), json.dumps(redact(asdict(result))))
         return result
 
+    def local(self, stage: str, fn) -> dict:
+        """Run ``fn()`` in this process as the child stage `stage`, unless it finished before; returns its
+        result, a JSON-able dict (as JSON gives it back, so a resumed run sees what a fresh one does)."""
+        text = self.tags.get(RESULT_TAG.format(stage))
+        if text:
+            recorded = json.loads(text)
+            if set(recorded) == {"result_artifact", "run_id"}:  # too long for a tag: kept on the child
+                recorded = _load_artifact_dict(self.client, recorded)
+            print(f"[longctx] stage {stage}: finished before, not run again")
+            return recorded
+        child = self.client.create_run(self.experiment_id, run_name=stage,
+                                       tags={"mlflow.parentRunId": self.run_id, STAGE_TAG: f"{self.run_id}/{stage}"})
+        child_id = child.info.run_id
+        print(f"[longctx] stage {stage}: MLflow run {child_id} (in this process)")
+        try:
+            result = json.loads(json.dumps(fn()))
+        except BaseException:
+            self._set_status("FAILED", child_id)
+            self._set_status("FAILED")
+            raise
+        recorded = redact(result)
+        self.client.log_dict(child_id, recorded, LOCAL_RESULT)
+        text = json.dumps(recorded)
+        if len(text) > TAG_LIMIT:
+            text = json.dumps({"result_artifact": LOCAL_RESULT, "run_id": child_id})
+        self._set_status("FINISHED", child_id)
+        self.set_tag(RESULT_TAG.format(stage), text)
+        return result
+
     def _unfinished_child(self, stage: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{STAGE_TAG}` = '{self.run_id}/{stage}'",
@@ -126,10 +164,12 @@ class Stages:
     def log_dict(self, payload: dict, name: str) -> None:
         self.client.log_dict(self.run_id, redact(payload), name)
 
-    def finish(self, result: JobResult) -> JobResult:
+    def finish(self, result: JobResult | None = None) -> JobResult | None:
         """Mark the parent FINISHED; returns `result` (the job whose model the recipe reports) with the
-        parent as its run, so the recipe's "MLflow run ..." line names the parent."""
+        parent as its run, so the recipe's "MLflow run ..." line names the parent (None without one)."""
         self._set_status("FINISHED")
+        if result is None:
+            return None
         return JobResult(run_id=self.run_id, tracking_uri=self.tracking_uri, steps=result.steps,
                          registered_uri=result.registered_uri, registered_version=result.registered_version,
                          checkpoint_path=result.checkpoint_path)
@@ -137,11 +177,21 @@ class Stages:
     def fail(self) -> None:
         self._set_status("FAILED")
 
-    def _set_status(self, status: str) -> None:
+    def _set_status(self, status: str, run_id: str | None = None) -> None:
+        run_id = run_id or self.run_id
         try:
-            self.client.set_terminated(self.run_id, status=status)
+            self.client.set_terminated(run_id, status=status)
         except Exception as err:  # noqa: BLE001 - never hide the real outcome behind a tracking hiccup
-            print(f"[longctx] warning: could not mark MLflow run {self.run_id} {status}: {err}", file=sys.stderr)
+            print(f"[longctx] warning: could not mark MLflow run {run_id} {status}: {err}", file=sys.stderr)
+
+
+def _load_artifact_dict(client, pointer: dict) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(pointer["run_id"], pointer["result_artifact"], tmp)
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
 
 
 def _parent_to_resume(client, experiment_id: str, run_name: str, resume: str | None) -> str | None:

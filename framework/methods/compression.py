@@ -131,11 +131,16 @@ class CompressionQAModule(TokenLossModule):
         self.log_dict(extra, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
 
     def configure_optimizers(self):
-        cfg = self.optim
-        opt = torch.optim.AdamW(param_groups(self.model, (), cfg, named=self.groups), lr=cfg.lr,
-                                betas=tuple(cfg.betas), eps=cfg.eps)
-        sched = lr_scheduler(opt, cfg, self.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return named_group_optimizers(self.groups, self.optim, self.total_steps)
+
+
+def named_group_optimizers(groups: dict, cfg, total_steps) -> dict:
+    """configure_optimizers' answer for {group: [parameters]}: AdamW over optim.param_groups(named=groups)
+    (weight decay on matrices only) and the warmup + cosine schedule (optim.lr_scheduler), stepped per
+    optimizer step. CompressionQAModule's, and that of any module that picks its own trainable groups."""
+    opt = torch.optim.AdamW(param_groups(None, (), cfg, named=groups), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    sched = lr_scheduler(opt, cfg, total_steps)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def build_model(cfg, tokenizer):

@@ -1,18 +1,30 @@
 """Context compression for QA at small scale (the study behind ``benchmarks/compression_qa.py``): RAM,
 COMI and mean pooling against truncation, from one reader. ``run(CompressionQAStudy(...))`` runs every stage
-in one process (the stages are small: a tiny Qwen3 on a CPU) and returns the result record; the benchmark
+in this process (the stages are small: a tiny Qwen3 on a CPU) and returns the result record; the benchmark
 is a driver that parses flags into a study, calls ``run`` and writes the JSON and the plot.
 
 Presets: ``FULL`` (the defaults, about 30 min on a shared 2-core CPU) and ``QUICK`` (a few steps of
 everything, seconds; ``QUICK_SIZES`` are the fields it changes). Flags below are the study's fields
 (``--reader-steps`` is ``reader_steps``).
 
-The training is one plain loop (``train_loop``), not a Lightning Trainer or a job of the stages runner: a
-compressor step's loss is ``CompressionQAModule.training_step``'s (mean answer-token cross-entropy + the
-method's auxiliary loss) with its optimizer groups (``set_trainable``, ``optim.param_groups``) and schedule
-(``optim.lr_scheduler``), but the study also needs what the jobs do not express (a plain reader stage with
-a length curriculum, compressors built on that reader's decoder, a ratio curriculum that changes the context
-length per phase, the autoencoding stage, the per-phase training record), and its quick runs take seconds.
+Training: every stage trains through a Lightning ``Trainer`` in this process (``study.accelerator``, one
+device, no Ray, no checkpoints or logger; ``framework.studies.compression_qa_training``), the batches of
+each step in the curriculum's order. A compressor is the library's ``CompressionQAModule`` (its training
+step: mean answer-token cross-entropy + the method's auxiliary loss; its trainable set ``set_trainable``;
+its optimizer groups ``optim.param_groups`` and schedule ``optim.lr_scheduler``) at the ratio
+curriculum's phase ratio of each step; the reader and the autoencoding stage are small modules of their
+own losses with the same optimizer code; the norm is clipped once, by ``TokenLossModule``'s
+``configure_gradient_clipping``. A Lightning Callback keeps the per-step record (loss curve, auxiliary
+loss, achieved ratios, answer-segment recall, seconds per step).
+
+Tracking: the run is one parent MLflow run (``RUN_NAME``, in ``study.tracking``'s store: by default
+MLFLOW_TRACKING_URI, else ``sqlite:///<cwd>/mlflow.db``) with a child run per stage ("reader", each
+compressor by its name, "evaluation"), through the stages runner (``framework.launch.stages.Stages.local``);
+the parent keeps each stage's result (tag ``longctx.stage.<stage>.result``; the evaluation's, too long for
+a tag, on its child run as ``stage_result.json``). ``study.resume`` (``runs:/<parent id>`` or ``auto``, with
+``save_dir``) reuses the stages that finished there: a finished reader or compressor is loaded from the
+directory its result names (where ``save_dir`` saved it), a finished evaluation's record is returned as it
+was; a stage that did not finish runs again from its start.
 
 What it measures (methods.md sections 1, 2 and 6), in one run with one seed, on the synthetic
 key-value facts task (``qa_facts``: a context of " key: 12345." facts, a question "What is the value
@@ -92,7 +104,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framework.metrics.training_curve import summarize_curve
+from framework.job import TrackingConfig
+from framework.metrics.training_curve import summarize_curve  # noqa: F401  (the benchmark re-exports it)
 
 MODELS = ("ram", "comi", "mean_pool")
 LABELS = {
@@ -150,6 +163,9 @@ class CompressionQAStudy:
     save_dir: str | None = None  # save the reader and every compressor under DIR/<name>
     reader_from: str | None = None  # a reader saved by save_dir (DIR/reader): skip stage 0
     compressors_from: str | None = None  # a save_dir of an earlier run: load DIR/<name> instead of training
+    accelerator: str = "cpu"  # the Trainer's accelerator for the training stages (the evaluation runs on the CPU)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # the MLflow store of the parent run
+    resume: str | None = None  # runs:/<parent id> or auto: skip the stages that finished in that run (needs save_dir)
 
     def __post_init__(self):
         if self.warmup is None:
@@ -168,6 +184,9 @@ class CompressionQAStudy:
                      "max_new_tokens"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+        if self.resume and not self.save_dir:
+            raise ValueError("--resume needs --save-dir: a finished stage's weights are loaded from where it saved "
+                             "them, and the stages still to run must save theirs")
         unknown = [m for m in self.models if m not in MODELS]
         if unknown:
             raise ValueError(f"unknown compressors {unknown}; use some of {MODELS}")
@@ -237,58 +256,6 @@ def make_batch(source, lo: int, hi: int) -> dict:
     from data_pipelines.loader import collate
 
     return collate([source[i] for i in range(lo, hi)])
-
-
-def optimizer_for(groups: dict, lr: float, weight_decay: float, warmup: int, steps: int, min_lr_ratio: float):
-    """AdamW over {group: [parameters]} with CompressionQAModule's groups (optim.param_groups(named=...): weight
-    decay on matrices only) and the library's warmup + cosine schedule (optim.lr_scheduler)."""
-    import torch
-
-    from framework.job import OptimConfig
-    from framework.methods.optim import lr_scheduler, param_groups
-
-    cfg = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=warmup, min_lr_ratio=min_lr_ratio)
-    opt = torch.optim.AdamW(param_groups(None, (), cfg, named=groups), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    return opt, lr_scheduler(opt, cfg, steps)
-
-
-def train_loop(tag: str, model, groups: dict, batch_fn, step_fn, steps: int, lr: float, warmup: int, study) -> dict:
-    """Train `model` for `steps`: step_fn(model, batch) -> (answer loss, aux loss, extras dict)."""
-    import torch
-
-    opt, sched = optimizer_for(groups, lr, study.weight_decay, warmup, steps, study.min_lr_ratio)
-    trainable = [p for params in groups.values() for p in params if p.requires_grad]
-    model.train()
-    losses, auxes, extras = [], [], {}
-    t0 = time.perf_counter()
-    for step in range(steps):
-        batch = batch_fn(step)
-        loss, aux, extra = step_fn(model, batch)
-        (loss + aux).backward()
-        torch.nn.utils.clip_grad_norm_(trainable, study.grad_clip if study.grad_clip > 0 else math.inf)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        auxes.append(float(aux.detach()))
-        for k, v in extra.items():
-            if v is not None:
-                extras.setdefault(k, []).append(v)
-        if study.log_every and (step + 1) % study.log_every == 0:
-            window = losses[-study.log_every:]
-            print(f"[compression_qa] {tag} step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
-                  f"aux {auxes[-1]:.4f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    out = {"train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, steps), 4),
-           "training": summarize_curve(losses),
-           "trainable_parameters": {k: sum(p.numel() for p in v if p.requires_grad) for k, v in groups.items()}}
-    if any(a != 0 for a in auxes):
-        out["training"]["aux_loss"] = summarize_curve(auxes, points=5)
-    for k, values in extras.items():
-        tail = values[-max(1, len(values) // 10):]
-        out["training"][f"{k}_mean_last_10pct"] = round(sum(tail) / len(tail), 4)
-    return out
 
 
 def answer_loss_of_memory(model, memory, batch):
@@ -462,9 +429,50 @@ def make_plot(result: dict, path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the study
+RUN_NAME = "compression_qa"  # the MLflow parent run's name (Stages.open; --resume auto finds the newest)
+STAGE_EVAL = "evaluation"
+
+
+def study_params(study) -> dict:
+    """The parent run's params: every field but the tracking settings and --resume."""
+    return {k: v for k, v in dataclasses.asdict(study).items() if k not in ("tracking", "resume")}
+
+
+def load_finished(stage: str, recorded: dict):
+    """The weights of a stage that finished in an earlier attempt of this parent run, from the directory its
+    recorded result names (saved there with --save-dir)."""
+    from framework.models.compression.skeleton import CompressorForQA
+
+    where = recorded.get("dir")
+    if not where or not os.path.isdir(where):
+        raise ValueError(f"stage {stage} finished in the run being resumed, but its weights are not on disk "
+                         f"({where or 'it ran without --save-dir'}). Fix: run again without --resume, or keep the "
+                         "--save-dir of the first attempt")
+    model = CompressorForQA.from_pretrained(where).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def run(study: CompressionQAStudy, log=None) -> dict:
-    """Stage 0 (the reader), stage 1 (each compressor from a copy of it), the evaluation; the result record
-    (everything the benchmark's JSON holds except "plot")."""
+    """Stage 0 (the reader), stage 1 (each compressor from a copy of it), the evaluation, under one parent
+    MLflow run (``Stages``; a child run per stage); the result record (everything the benchmark's JSON holds
+    except "plot"). With ``study.resume`` the stages that finished in that parent run are not run again."""
+    from framework.launch.stages import Stages
+
+    study.check()
+    stages = Stages.open(study.tracking, run_name=RUN_NAME, resume=study.resume, params=study_params(study))
+    try:
+        result = run_stages(study, stages, log)
+    except BaseException:
+        stages.fail()
+        raise
+    stages.finish()
+    return result
+
+
+def run_stages(study: CompressionQAStudy, stages, log=None) -> dict:
+    """run()'s stages, each ``stages.local(stage, fn)``: "reader", one per compressor (its name), "evaluation"."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
@@ -473,12 +481,11 @@ def run(study: CompressionQAStudy, log=None) -> dict:
     from data_pipelines.tokenizer import load_project_tokenizer
     from framework.job import tiny_qwen3
     from framework.methods.base_model import build_base_model
-    from framework.methods.compression import set_trainable
     from framework.models.compression.config import CompressorConfig
     from framework.models.compression.ram import keep_fraction_for_ratio
     from framework.models.compression.skeleton import CompressorForQA
+    from framework.studies import compression_qa_training as training
 
-    study.check()
     torch.set_num_threads(study.threads)
     start = time.perf_counter()
     if log is None:
@@ -499,156 +506,163 @@ def run(study: CompressionQAStudy, log=None) -> dict:
         spec["digits"] = study.digits
     sources = {k: build_source(dict(v), tok) for k, v in specs.items()}
     phases = study.reader_curriculum + [study.reader_seq_len]
+    trained = {}  # stage -> the model a stage trained (or loaded) in this process
 
     # ---- stage 0: the reader (a CompressorForQA used only through token_memory / answer_loss / answer)
     base = build_base_model(tiny_qwen3(hidden_size=study.hidden), vocab_size=len(tok), seed=study.seed)
     torch.manual_seed(study.seed)
     reader = CompressorForQA(base, CompressorConfig(method="comi", encoder_layers=study.encoder_layers,
                                                     alignment="linear"))
-    for p in reader.parameters():
-        p.requires_grad_(False)
-    reader_params = list(reader.decoder.parameters())
-    for p in reader_params:
-        p.requires_grad_(True)
     reader_init_hash = state_hash(reader.decoder)
 
-    def reader_step(model, batch):
-        if study.reader_queries > 1:
-            loss = multi_query_loss(model, batch, batch.pop("_source"), batch.pop("_indices"), study.reader_queries)
-        else:
-            loss = answer_loss_of_memory(model, model.token_memory(batch["context_ids"], batch["context_mask"]).memory,
-                                         batch)
-        return loss, loss.new_zeros(()), {}
-
     def reader_batch(step):  # the curriculum: an equal share of the steps at each length, shortest first
-        phase = curriculum_phase(phases, step, study.reader_steps)
-        source, lo, hi = sources[f"reader_train_{phase}"], step * study.batch, (step + 1) * study.batch
-        return {**tensors(make_batch(source, lo, hi)), "_source": source, "_indices": range(lo, hi)}
+        key = f"reader_train_{curriculum_phase(phases, step, study.reader_steps)}"
+        lo, hi = step * study.batch, (step + 1) * study.batch
+        return {**tensors(make_batch(sources[key], lo, hi)), "_source": key, "_indices": list(range(lo, hi))}
 
-    if study.reader_from:
-        log(f"stage 0: the reader saved at {study.reader_from} (not trained again)")
-        reader = CompressorForQA.from_pretrained(study.reader_from).eval()
-        reader_info = {"loaded_from": os.path.abspath(study.reader_from), "train_seconds": 0.0}
-    else:
-        log(f"stage 0: reader, {study.reader_steps} steps of {study.batch} contexts of {phases} tokens (curriculum)")
-        reader_info = train_loop("reader", reader, {"decoder": reader_params}, reader_batch, reader_step,
-                                 study.reader_steps, study.reader_lr, study.reader_warmup, study)
-    for p in reader.parameters():
-        p.requires_grad_(False)
-    reader_hash = state_hash(reader.decoder)
-    t0 = time.perf_counter()
-    reader_info["exact_match_at_reader_seq_len_detail"] = reader_exact_match(
-        reader, tok, sources["reader_eval"], study.eval_samples, study)
-    reader_info["exact_match_at_reader_seq_len"] = reader_info["exact_match_at_reader_seq_len_detail"]["exact_match"]
-    reader_info["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    log(f"reader exact match at {study.reader_seq_len} tokens: {reader_info['exact_match_at_reader_seq_len']:.3f}")
-    if study.save_dir:
-        reader.save_pretrained(os.path.join(study.save_dir, "reader"), tokenizer=tok)
+    def reader_stage() -> dict:
+        model = reader
+        if study.reader_from:
+            log(f"stage 0: the reader saved at {study.reader_from} (not trained again)")
+            model = CompressorForQA.from_pretrained(study.reader_from).eval()
+            info = {"loaded_from": os.path.abspath(study.reader_from), "train_seconds": 0.0}
+        else:
+            log(f"stage 0: reader, {study.reader_steps} steps of {study.batch} contexts of {phases} tokens "
+                "(curriculum)")
+            module = training.ReaderModule(reader, training.optim_config(study, study.reader_lr, study.reader_warmup),
+                                           study.reader_steps, queries=study.reader_queries, sources=sources)
+            info = training.fit(module, reader_batch, study.reader_steps, study,
+                                training.StepRecord("reader", study.reader_steps, study.log_every))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        t0 = time.perf_counter()
+        info["exact_match_at_reader_seq_len_detail"] = reader_exact_match(
+            model, tok, sources["reader_eval"], study.eval_samples, study)
+        info["exact_match_at_reader_seq_len"] = info["exact_match_at_reader_seq_len_detail"]["exact_match"]
+        info["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        log(f"reader exact match at {study.reader_seq_len} tokens: {info['exact_match_at_reader_seq_len']:.3f}")
+        saved = None
+        if study.save_dir:
+            saved = os.path.abspath(os.path.join(study.save_dir, "reader"))
+            model.save_pretrained(saved, tokenizer=tok)
+        trained["reader"] = model
+        return {"dir": saved, "hash": state_hash(model.decoder),
+                "parameters": sum(p.numel() for p in model.decoder.parameters()), "info": info}
+
+    reader_record = stages.local("reader", reader_stage)
+    reader_info = reader_record["info"]
+
+    def the_reader():
+        if "reader" not in trained:
+            trained["reader"] = load_finished("reader", reader_record)
+        return trained["reader"]
 
     # ---- stage 1: the compressors, each from its own copy of the reader
-    compressors, per_model = {}, {}
-
     ratio_phases = study.ratio_curriculum + [study.ratio]
 
     def compressor_batch(step):  # the ratio curriculum: equal shares of the steps, lowest ratio first
         r = curriculum_phase(ratio_phases, step, study.steps)
-        batch = make_batch(sources[f"compressor_train_{r}"], step * study.batch, (step + 1) * study.batch)
-        return {**tensors(batch), "_ratio": r}
-
-    achieved = {}  # phase ratio -> achieved ratios of the current model's steps in that phase
-
-    def compressor_step(model, batch):
-        r = batch.pop("_ratio")
-        out = model(**batch, ratio=r)
-        achieved.setdefault(r, []).append(out.compressed.ratio)
-        extras = {"ratio": out.compressed.ratio, "answer_segment_recall": out.compressed.answer_segment_recall}
-        return out.loss_sum / out.num_tokens, out.aux_loss, extras
+        return tensors(make_batch(sources[f"compressor_train_{r}"], step * study.batch, (step + 1) * study.batch))
 
     ae_prompt = torch.tensor(tok(AE_PROMPT, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
-    def autoencode_step(model, batch):  # GMSA/ICAE-style: rebuild the context from its memory
-        r = batch.pop("_ratio")
-        comp = model.compress(batch["context_ids"], batch["context_mask"], batch["question_ids"],
-                              batch["question_mask"], ratio=r)
-        n = batch["context_ids"].shape[0]
-        prompt = ae_prompt.to(model.device).expand(n, -1)
-        s, c = model.answer_loss(comp.memory, prompt, torch.ones_like(prompt), batch["context_ids"],
-                                 batch["context_mask"])
-        return s / c, s.new_zeros(()), {}
-
-    for name in study.models:
+    def compressor_stage(name: str) -> dict:
         saved = os.path.join(study.compressors_from, name) if study.compressors_from else None
         if saved:  # trained by an earlier run with --save-dir: load it and its training record
             log(f"stage 1: {name} saved at {saved} (not trained again)")
-            compressors[name] = CompressorForQA.from_pretrained(saved).eval()
+            trained[name] = CompressorForQA.from_pretrained(saved).eval()
             record = Path(saved) / TRAINING_RECORD
-            per_model[name] = {**(json.loads(record.read_text()) if record.exists() else {}),
-                               "loaded_from": os.path.abspath(saved)}
-            continue
+            return {"dir": os.path.abspath(saved),
+                    "info": {**(json.loads(record.read_text()) if record.exists() else {}),
+                             "loaded_from": os.path.abspath(saved)}}
         method, settings = method_settings(name, study)
         cfg = settings.model_config(method)
         torch.manual_seed(study.seed)
-        model = CompressorForQA(copy.deepcopy(reader.decoder), cfg)
+        model = CompressorForQA(copy.deepcopy(the_reader().decoder), cfg)
         info = {"method": method, "config": cfg.to_dict(), "decoder_hash_at_start": state_hash(model.decoder),
                 "encoder_hash_at_start": state_hash(model.encoder)}
-        groups = set_trainable(model, settings)
-        achieved.clear()
+        optim = training.optim_config(study, study.lr, study.warmup)
         if study.autoencode_steps and method == "comi":
             log(f"stage 1a: {name} autoencodes its contexts, {study.autoencode_steps} steps at ratios {ratio_phases}")
-            info["autoencode"] = train_loop(f"{name}/ae", model, groups, lambda step: compressor_batch(
-                step * study.steps // study.autoencode_steps), autoencode_step, study.autoencode_steps, study.lr,
-                study.warmup, study)
+            ae = training.AutoencodeModule(model, optim, study.autoencode_steps, settings, ratio_phases, study.steps,
+                                           ae_prompt, seed=study.seed)
+            info["autoencode"] = training.fit(  # the QA curriculum's batch (and ratio) of step s * steps / ae steps
+                ae, lambda step: compressor_batch(ae.phase_step(step)), study.autoencode_steps, study,
+                training.StepRecord(f"{name}/ae", study.autoencode_steps, study.log_every))
         log(f"stage 1: {name}, {study.steps} steps of {study.batch} contexts at ratios {ratio_phases} "
             f"({[phase_seq_len(study, r) for r in ratio_phases]} tokens)")
-        info.update(train_loop(name, model, groups, compressor_batch, compressor_step, study.steps, study.lr,
-                               study.warmup, study))
+        module = training.CurriculumCompressionModule(model, optim, study.steps, settings, ratio_phases,
+                                                      seed=study.seed)
+        record = training.StepRecord(name, study.steps, study.log_every, phases=True)
+        info.update(training.fit(module, compressor_batch, study.steps, study, record))
+        achieved = record.achieved
         info["ratio_phases"] = [{"ratio": r, "context_tokens": phase_seq_len(study, r),
                                  "steps": len(achieved.get(r, [])),
                                  "achieved_ratio_mean": round(sum(achieved[r]) / len(achieved[r]), 4)
                                  if achieved.get(r) else None} for r in ratio_phases]
         for p in model.parameters():
             p.requires_grad_(False)
-        compressors[name] = model
-        per_model[name] = info
+        trained[name] = model
+        where = None
         if study.save_dir:
-            model.save_pretrained(os.path.join(study.save_dir, name), tokenizer=tok)
+            where = os.path.abspath(os.path.join(study.save_dir, name))
+            model.save_pretrained(where, tokenizer=tok)
             info["train_args"] = {k: getattr(study, k) for k in TRAIN_ARGS}
-            (Path(study.save_dir) / name / TRAINING_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+            (Path(where) / TRAINING_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        return {"dir": where, "info": info}
+
+    compressor_records = {name: stages.local(name, lambda name=name: compressor_stage(name)) for name in study.models}
+    per_model = {name: rec["info"] for name, rec in compressor_records.items()}
 
     # ---- evaluation
-    t0 = time.perf_counter()
-    log(f"evaluating {study.eval_samples} samples at ratios {study.ratios}")
-    tallies = evaluate(reader, compressors, tok, sources["eval"], study.eval_samples, study.ratios, study, log=log)
-    eval_seconds = time.perf_counter() - t0
-
-    settings_table, em = {}, {"uncompressed": setting_row(tallies["uncompressed"])["exact_match"]}
-    for name in (*compressors, "truncation"):
-        is_ram = name in compressors and compressors[name].config.method == "ram"
-        settings_table[name] = {}
-        for r in study.ratios:
-            row = setting_row(tallies[name, r], recall=is_ram)
-            if is_ram:
-                row["keep_fraction"] = round(keep_fraction_for_ratio(r, study.segment_size), 6)
-            if name == "truncation":
-                row["budget_rule"] = "ceil(n / r) head tokens of a sample with n context tokens"
-            settings_table[name][str(r)] = row
-        em[name] = {str(r): settings_table[name][str(r)]["exact_match"] for r in study.ratios}
-    with_correct = {name: {str(r): {**settings_table[name][str(r)], "_correct": tallies[name, r].correct}
-                           for r in study.ratios} for name in settings_table}
-    ram_name = next((n for n, m in compressors.items() if m.config.method == "ram"), None)
-    ram_row = settings_table[ram_name][str(study.ratio)] if ram_name else None
-
     eval_source = sources["eval"]
     context_tokens = [int(eval_source[i]["context_mask"].sum()) for i in range(study.eval_samples)]
-    examples = []
-    for i in range(min(NUM_EXAMPLES, study.eval_samples)):
-        sample = eval_source[i]
-        q = tok.decode(sample["question_ids"][sample["question_mask"]].tolist(), skip_special_tokens=True)
-        preds = {"uncompressed": tallies["uncompressed"].predictions[i]}
-        for name in (*compressors, "truncation"):
-            preds[f"{name}/{study.ratio}"] = tallies[name, study.ratio].predictions[i]
-        examples.append({"question": q, "answers": list(sample["answers"]), "predictions": preds})
 
+    def evaluation_stage() -> dict:
+        reader = the_reader()
+        compressors = {name: trained[name] if name in trained else load_finished(name, compressor_records[name])
+                       for name in study.models}
+        t0 = time.perf_counter()
+        log(f"evaluating {study.eval_samples} samples at ratios {study.ratios}")
+        tallies = evaluate(reader, compressors, tok, eval_source, study.eval_samples, study.ratios, study, log=log)
+        eval_seconds = time.perf_counter() - t0
+
+        settings_table, em = {}, {"uncompressed": setting_row(tallies["uncompressed"])["exact_match"]}
+        for name in (*compressors, "truncation"):
+            is_ram = name in compressors and compressors[name].config.method == "ram"
+            settings_table[name] = {}
+            for r in study.ratios:
+                row = setting_row(tallies[name, r], recall=is_ram)
+                if is_ram:
+                    row["keep_fraction"] = round(keep_fraction_for_ratio(r, study.segment_size), 6)
+                if name == "truncation":
+                    row["budget_rule"] = "ceil(n / r) head tokens of a sample with n context tokens"
+                settings_table[name][str(r)] = row
+            em[name] = {str(r): settings_table[name][str(r)]["exact_match"] for r in study.ratios}
+        with_correct = {name: {str(r): {**settings_table[name][str(r)], "_correct": tallies[name, r].correct}
+                               for r in study.ratios} for name in settings_table}
+        ram_name = next((n for n, m in compressors.items() if m.config.method == "ram"), None)
+        ram_row = settings_table[ram_name][str(study.ratio)] if ram_name else None
+
+        examples = []
+        for i in range(min(NUM_EXAMPLES, study.eval_samples)):
+            sample = eval_source[i]
+            q = tok.decode(sample["question_ids"][sample["question_mask"]].tolist(), skip_special_tokens=True)
+            preds = {"uncompressed": tallies["uncompressed"].predictions[i]}
+            for name in (*compressors, "truncation"):
+                preds[f"{name}/{study.ratio}"] = tallies[name, study.ratio].predictions[i]
+            examples.append({"question": q, "answers": list(sample["answers"]), "predictions": preds})
+        return {"exact_match": em, "settings": {**settings_table, "uncompressed": setting_row(tallies["uncompressed"])},
+                "claims": claims(with_correct, study.ratio, ram_row), "examples": examples,
+                "reader_hash_at_end": state_hash(reader.decoder), "eval_seconds": round(eval_seconds, 1)}
+
+    evaluation = stages.local(STAGE_EVAL, evaluation_stage)
+
+    args = dataclasses.asdict(study)
+    if args.get("tracking", {}).get("tracking_uri"):
+        from framework.tracking.redact import redact_text
+
+        args["tracking"]["tracking_uri"] = redact_text(args["tracking"]["tracking_uri"])
     result = {
         "benchmark": "compression_qa",
         "description": "a random tiny Qwen3 trained as a reader of uncompressed qa_facts contexts, then RAM, COMI "
@@ -656,22 +670,23 @@ def run(study: CompressionQAStudy, log=None) -> dict:
                        "samples by ratio, against truncation to the same budget and the uncompressed reader",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": study.threads,
                     "torch": torch.__version__, "transformers": transformers.__version__,
-                    "python": platform.python_version(), "device": "cpu", "load_avg_1m_at_end": None},
-        "args": dataclasses.asdict(study),
-        "compressors": {name: LABELS[name] for name in compressors},
+                    "python": platform.python_version(), "device": study.accelerator, "load_avg_1m_at_end": None},
+        "args": args,
+        "compressors": {name: LABELS[name] for name in study.models},
         "baselines": {k: LABELS[k] for k in ("truncation", "uncompressed")},
         "data": {**specs, "eval_context_tokens": context_tokens,
                  "note": "qa_facts: whole ' key: 12345.' facts fill each context up to seq_len tokens"},
-        "exact_match": em,
-        "settings": {**settings_table, "uncompressed": setting_row(tallies["uncompressed"])},
-        "reader": {"hash": reader_hash, "hash_at_init": reader_init_hash, "hash_at_end": state_hash(reader.decoder),
-                   "parameters": sum(p.numel() for p in reader.decoder.parameters()), **reader_info},
+        "exact_match": evaluation["exact_match"],
+        "settings": evaluation["settings"],
+        "reader": {"hash": reader_record["hash"], "hash_at_init": reader_init_hash,
+                   "hash_at_end": evaluation["reader_hash_at_end"], "parameters": reader_record["parameters"],
+                   **reader_info},
         "per_model": per_model,
-        "claims": claims(with_correct, study.ratio, ram_row),
-        "examples": examples,
+        "claims": evaluation["claims"],
+        "examples": evaluation["examples"],
         "timing": {"reader_train_seconds": reader_info["train_seconds"],
                    **{f"{n}_train_seconds": per_model[n].get("train_seconds") for n in per_model},
-                   "eval_seconds": round(eval_seconds, 1)},
+                   "eval_seconds": evaluation["eval_seconds"]},
     }
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)

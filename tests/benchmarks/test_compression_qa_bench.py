@@ -1,6 +1,7 @@
 """benchmarks/compression_qa.py in its --quick mode: the JSON's shape (every compressor and truncation at
-every ratio, the claim keys, machine info), the files it writes, truncation's ceil(n/r) budget, and that
-every compressor starts from the same reader weights."""
+every ratio, the claim keys, machine info), the files it writes, truncation's ceil(n/r) budget, that
+every compressor starts from the same reader weights, and the MLflow parent run with a child run per
+stage (a resumed run skips the stages that finished). Every run goes to a temporary MLflow store."""
 
 import importlib.util
 import json
@@ -26,13 +27,21 @@ def bench():
     return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _temporary_mlflow_store(tmp_path_factory):
+    """The runs that name no --tracking-uri go to a temporary store, never to <cwd>/mlflow.db."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+        yield
+
+
 @pytest.fixture(scope="module")
 def quick_run(bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("compression_qa")
     threads = torch.get_num_threads()
     try:
         result = bench.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png"),
-                             "--save-dir", str(out / "models")])
+                             "--save-dir", str(out / "models"), "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"])
     finally:
         torch.set_num_threads(threads)
     return result, out
@@ -210,3 +219,82 @@ def test_autoencode_stage_trains_comi_family_only(bench, tmp_path):
     # the reconstruction loss is over context tokens: a random decoder is far above the answer loss's scale
     assert ae["training"]["first_loss"] > 1.0
     assert "autoencode" not in result["per_model"]["ram"]
+
+
+def _runs(uri: str):
+    """(the parent runs, {parent id: [its child runs]}) of the study's experiment in store `uri`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("longctx").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.`longctx.stages` = '1'")
+    children = {p.info.run_id: client.search_runs([experiment],
+                                                  filter_string=f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+                for p in parents}
+    return parents, children
+
+
+def test_the_run_is_a_parent_mlflow_run_with_a_child_run_per_stage(quick_run):
+    result, out = quick_run
+    parents, children = _runs(f"sqlite:///{out / 'mlflow.db'}")
+    assert len(parents) == 1
+    parent = parents[0]
+    pid = parent.info.run_id
+    assert parent.info.run_name == "compression_qa" and parent.info.status == "FINISHED"
+    assert parent.data.params["steps"] == str(result["args"]["steps"])
+    stages = ["reader", "ram", "comi", "mean_pool", "evaluation"]
+    assert sorted(c.data.tags["longctx.stage"] for c in children[pid]) == sorted(f"{pid}/{s}" for s in stages)
+    assert {c.info.status for c in children[pid]} == {"FINISHED"}
+    reader = json.loads(parent.data.tags["longctx.stage.reader.result"])
+    assert reader["dir"] == str((out / "models" / "reader").resolve()) and reader["hash"] == result["reader"]["hash"]
+    ram = json.loads(parent.data.tags["longctx.stage.ram.result"])
+    assert ram["dir"] == str((out / "models" / "ram").resolve())
+    assert ram["info"]["training"] == result["per_model"]["ram"]["training"]
+    assert "longctx.stage.evaluation.result" in parent.data.tags
+
+
+def test_resume_skips_the_stages_that_finished(bench, tmp_path, monkeypatch):
+    from framework.studies import compression_qa, compression_qa_training
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--quick", "--models", "mean_pool", "--save-dir", str(tmp_path / "models"), "--tracking-uri", uri,
+            "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stage broke")
+
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as mp:  # the evaluation fails: the reader and mean_pool stages finished
+            mp.setattr(compression_qa, "evaluate", broken)
+            with pytest.raises(RuntimeError, match="stage broke"):
+                bench.main(argv)
+        (parent,), children = _runs(uri)
+        assert parent.info.status == "FAILED"
+        assert {c.data.tags["longctx.stage"].split("/")[1]: c.info.status for c in children[parent.info.run_id]} == {
+            "reader": "FINISHED", "mean_pool": "FINISHED", "evaluation": "FAILED"}
+        with monkeypatch.context() as mp:  # resumed: no training at all, only the evaluation runs
+            mp.setattr(compression_qa_training, "fit", broken)
+            resumed = bench.main(argv + ["--resume", "auto"])
+            (again,), children = _runs(uri)
+            assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+            assert sorted(c.data.tags["longctx.stage"].split("/")[1] for c in children[parent.info.run_id]) == [
+                "evaluation", "evaluation", "mean_pool", "reader"]
+            mp.setattr(compression_qa, "evaluate", broken)  # a finished run: every stage's record is reused
+            finished = bench.main(argv + ["--resume", f"runs:/{parent.info.run_id}"])
+    finally:
+        torch.set_num_threads(threads)
+    from framework.models.compression.skeleton import CompressorForQA
+
+    reader = CompressorForQA.from_pretrained(tmp_path / "models" / "reader")
+    assert resumed["reader"]["hash"] == bench.state_hash(reader.decoder) == resumed["reader"]["hash_at_end"]
+    assert resumed["per_model"]["mean_pool"]["decoder_hash_at_start"] == resumed["reader"]["hash"]
+    assert resumed["per_model"]["mean_pool"]["training"]["curve"]
+    for key in ("exact_match", "settings", "claims", "examples", "per_model"):
+        assert finished[key] == resumed[key], key
+    assert finished["reader"] == resumed["reader"]
+
+
+def test_resume_needs_a_save_dir(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--quick", "--resume", "auto"])

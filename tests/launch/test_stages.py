@@ -73,3 +73,39 @@ def test_metrics_and_artifacts_land_on_the_parent(tracking, tmp_path):
     assert run.data.metrics == {"spearman/encoder": -0.5}
     names = {f.path for f in stages.client.list_artifacts(stages.run_id)}
     assert names == {"table.json", "summary.json"}
+
+
+def test_a_local_stage_is_a_child_run_whose_result_the_parent_keeps_and_resume_reuses(tracking):
+    from framework.launch.stages import LOCAL_RESULT
+
+    stages = Stages.open(tracking, run_name="study")
+    calls = []
+    small = stages.local("small", lambda: calls.append("small") or {"dir": "/x/reader", "steps": 3})
+    big = stages.local("big", lambda: calls.append("big") or {"rows": ["x" * 100] * 200})  # over a tag's 8000
+    assert small == {"dir": "/x/reader", "steps": 3} and calls == ["small", "big"]
+    children = stages.client.search_runs([stages.experiment_id],
+                                         filter_string=f"tags.`mlflow.parentRunId` = '{stages.run_id}'")
+    assert sorted(c.data.tags[STAGE_TAG] for c in children) == [f"{stages.run_id}/big", f"{stages.run_id}/small"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    tags = stages.client.get_run(stages.run_id).data.tags
+    assert json.loads(tags[RESULT_TAG.format("small")]) == small
+    assert set(json.loads(tags[RESULT_TAG.format("big")])) == {"result_artifact", "run_id"}
+    for child in children:
+        assert LOCAL_RESULT in {f.path for f in stages.client.list_artifacts(child.info.run_id)}
+
+    def never():
+        raise AssertionError("a finished stage ran again")
+
+    again = Stages.open(tracking, run_name="study", resume="auto")
+    assert again.local("small", never) == small and again.local("big", never) == big
+
+    def broken():
+        raise RuntimeError("stage broke")
+
+    with pytest.raises(RuntimeError, match="stage broke"):
+        again.local("bad", broken)
+    failed = again.client.search_runs([again.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = '{again.run_id}/bad'")
+    assert [r.info.status for r in failed] == ["FAILED"]
+    assert again.client.get_run(again.run_id).info.status == "FAILED"
+    assert RESULT_TAG.format("bad") not in again.client.get_run(again.run_id).data.tags
+    assert again.finish() is None and again.client.get_run(again.run_id).info.status == "FINISHED"

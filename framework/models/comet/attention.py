@@ -96,6 +96,23 @@ class ChunkKV:
         return self._all.n
 
 
+class SomeRowsKV:
+    """The cache of a layer run on some rows of a segment only (`rows`, whose outputs are read): the K/V of every
+    row of the segment were computed beforehand (`memory_kv`); the layer's own K/V of `rows` go into their places,
+    and the whole segment's K/V, in order, go to `inner` (a `PrefixKV` or `ChunkKV`), as if every row had run."""
+
+    def __init__(self, inner, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor):
+        self.inner, self.keys, self.values, self.rows = inner, keys, values, rows
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        keys = self.keys.index_copy(2, self.rows, key_states.to(self.keys.dtype))
+        values = self.values.index_copy(2, self.rows, value_states.to(self.values.dtype))
+        return self.inner.update(keys, values, layer_idx, *args, **kwargs)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.inner.get_seq_length(layer_idx)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -126,8 +143,10 @@ def segment_mask(
     n_query: int,
     window: int | None,
     dtype: torch.dtype,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Additive mask (B, 1, n_query, n_keys) for the last `n_query` keys acting as queries.
+    """Additive mask (B, 1, n_query, n_keys) for the last `n_query` keys acting as queries; with `rows`
+    (indices among those n_query), (B, 1, len(rows), n_keys) for those queries only.
 
     A query sees a key iff the key is not later than it, is a real (non-padding) row, belongs to
     the same document, and (for sliding-window layers) lies within the window. Every query sees
@@ -136,12 +155,14 @@ def segment_mask(
     n_keys = key_valid.shape[1]
     offset = n_keys - n_query
     q_idx = torch.arange(offset, n_keys, device=key_valid.device)
+    if rows is not None:
+        q_idx = q_idx[rows]
     k_idx = torch.arange(n_keys, device=key_valid.device)
     allowed = (k_idx[None, :] <= q_idx[:, None])[None]  # (1, q, k)
     allowed = allowed & key_valid[:, None, :]
-    allowed = allowed & (key_doc[:, None, :] == key_doc[:, offset:, None])
+    allowed = allowed & (key_doc[:, None, :] == key_doc[:, q_idx, None])
     if window is not None:
-        q_pos = key_pos[:, offset:]
+        q_pos = key_pos[:, q_idx]
         allowed = allowed & ((q_pos[:, :, None] - key_pos[:, None, :]) < window)
     allowed = allowed | (q_idx[:, None] == k_idx[None, :])[None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)

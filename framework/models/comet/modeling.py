@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 from ..hf_compat import cache_keyword
 from ..linear_cross_entropy import fusable, linear_cross_entropy
 
-from .attention import ChunkKV, PrefixKV, ReadSpec, base_implementation, memory_kv, use_gated_read
+from .attention import ChunkKV, PrefixKV, ReadSpec, SomeRowsKV, base_implementation, memory_kv, use_gated_read
 from .backbone import BackboneError, check_backbone, embedding_stats, layer_window, load_backbone, use_maskable_attention
 from .config import CoMeTConfig
 from .decode_head import few_row_logits
@@ -254,7 +254,12 @@ class CoMeTForCausalLM(PreTrainedModel, GenerationMixin):
                  self.readout_embed[read].expand(batch, read.numel(), dim)]
         return torch.cat(parts, dim=1)[:, plan.gather_rows]
 
-    def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV | ChunkKV) -> torch.Tensor:
+    def _layer(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV | ChunkKV,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder layer `layer_idx` over one segment. rows: the rows whose outputs are read (None: every row); the
+        others' outputs are not computed and hold their input (`_some_rows`)."""
+        if rows is not None and 2 * rows.numel() <= plan.layout.n_rows:
+            return self._some_rows(layer_idx, x, plan, cache, rows)
         layer = self.layers[layer_idx]
         window = layer_window(self.backbone, layer)
         prefix = plan.prefix_only(window)  # decoding: no mask, each row attends over a view of the keys it sees
@@ -285,6 +290,42 @@ class CoMeTForCausalLM(PreTrainedModel, GenerationMixin):
                             position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
+    def _some_rows(self, layer_idx: int, x: torch.Tensor, plan: SegmentPlan, cache: PrefixKV | ChunkKV,
+                   rows: torch.Tensor) -> torch.Tensor:
+        """The layer over a segment whose outputs are read at `rows` only (streaming's last layer, where only the
+        memory rows and the logits' rows are read): every row's K/V, as the layer computes them, go to the cache
+        (later rows and tokens attend over them), but queries, attention and the MLP run for `rows` alone.
+        Returns x with `rows` replaced by their outputs; the other rows keep their input and must not be read."""
+        layer = self.layers[layer_idx]
+        window = layer_window(self.backbone, layer)
+        streaming = isinstance(cache, ChunkKV)
+        if streaming:
+            cache.text_rows = plan.text_index if plan.text_rows.numel() else None
+        keys, values = memory_kv(layer, x, plan.cos, plan.sin)
+        if rows.numel() == 0:  # nothing read: the rows' K/V only
+            cache.update(keys, values, layer_idx)
+            return x
+        kwargs = {cache_keyword(layer): SomeRowsKV(cache, keys, values, rows)}
+        mask = plan.rows_mask(rows, window, x.dtype)
+        cos, sin, positions = plan.cos[:, rows], plan.sin[:, rows], plan.positions[:, rows]
+        gate = self.memory_nets[layer_idx].read_gate
+        is_text = torch.isin(rows, plan.text_rows)
+        if gate is None or not plan.reads_non_text or not bool(is_text.any()):
+            out = layer(x[:, rows], attention_mask=mask, position_ids=positions, position_embeddings=(cos, sin),
+                        use_cache=False, **kwargs)
+        else:
+            with use_gated_read(layer) as impl:
+                which = torch.searchsorted(plan.text_rows, rows[is_text])  # the kept text rows among the text rows
+                newest = which.numel() == 1 and int(which) == plan.text_rows.numel() - 1  # sees every text key
+                text_mask = None if newest and plan.unmasked(window) else plan.text_mask(window, x.dtype)[:, :, which]
+                text_kv = cache.text_kv if streaming and cache.track_text else None
+                read = ReadSpec(impl, is_text.nonzero().flatten(), None if text_kv else plan.text_keys, text_mask,
+                                gate * self.config.read_gate_scale, text_kv=text_kv)
+                out = layer(x[:, rows], attention_mask=mask, position_ids=positions, position_embeddings=(cos, sin),
+                            use_cache=False, comet_read=read, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        return x.index_copy(1, rows, out)
+
     def _splits(self, layer, x: torch.Tensor) -> bool:
         """Whether this layer's unmasked attention may run as `split_attention`: the backbone uses sdpa (eager stays
         the plain reference path), the device has the fused kernel, and no attention dropout is active."""
@@ -314,12 +355,13 @@ class CoMeTForCausalLM(PreTrainedModel, GenerationMixin):
             queue = pool.gather(1, plan.fifo_index[..., None].expand(-1, -1, pool.shape[-1]))
         return LayerMemory(memory, state, queue)
 
-    def _closed_cell(self, layer_idx: int, x: torch.Tensor, mem: LayerMemory, plan: SegmentPlan):
-        """One decoder layer over one whole chunk, then that layer's memory update."""
+    def _closed_cell(self, layer_idx: int, x: torch.Tensor, mem: LayerMemory, plan: SegmentPlan,
+                     rows: torch.Tensor | None = None):
+        """One decoder layer over one whole chunk, then that layer's memory update. rows: as in `_layer`."""
 
         def cell(x, memory, state, queue):
             before = LayerMemory(memory, state, queue)
-            y = self._layer(layer_idx, x, plan, self._prefix(layer_idx, before, plan, keep=False))
+            y = self._layer(layer_idx, x, plan, self._prefix(layer_idx, before, plan, keep=False), rows)
             after = self._next_memory(layer_idx, y[:, plan.readout_rows], y[:, plan.comp_rows], before, plan)
             return y, after.memory, after.state, after.queue
 

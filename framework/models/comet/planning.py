@@ -151,6 +151,15 @@ class SegmentPlan:
         self.masks[key] = mask
         return mask
 
+    def rows_mask(self, rows: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask (B, 1, len(rows), keys) for some rows of the segment acting as queries (not cached)."""
+        if not self.unmasked(window):
+            return segment_mask(self.keys.valid, self.keys.doc, self.keys.pos, self.layout.n_rows, window, dtype, rows)
+        n_keys = self.keys.valid.shape[1]  # each row sees every key up to itself
+        later = torch.arange(n_keys, device=rows.device) > (rows + (n_keys - self.layout.n_rows))[:, None]
+        mask = torch.zeros(later.shape, dtype=dtype, device=rows.device).masked_fill_(later, torch.finfo(dtype).min)
+        return mask.expand(self.keys.valid.shape[0], 1, *later.shape)
+
     @property
     def reads_non_text(self) -> bool:
         """Whether any key is a memory or compression row (else text rows see text only, gated or not)."""

@@ -26,6 +26,16 @@ def split_available(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu"
 
 
+def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
+    """Attention over two disjoint key sets, from each set's output (B, H, L, D) and log-sum-exp (B, H, L): the
+    (output, log-sum-exp) over their union, merged in fp32 at least (fp64 stays fp64)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    wide = torch.promote_types(out_a.dtype, torch.float32)
+    out = (out_a.to(wide) * (lse_a - lse).exp().unsqueeze(-1)
+           + out_b.to(wide) * (lse_b - lse).exp().unsqueeze(-1)).to(out_a.dtype)
+    return out, lse
+
+
 class _PrefixCausal(torch.autograd.Function):
     """Attention of q (B, H, L, D) over k/v (B, H, P + L, D): the first P keys unmasked, the last L causal."""
 
@@ -36,10 +46,7 @@ class _PrefixCausal(torch.autograd.Function):
         else:
             out_p, lse_p = _FORWARD(q, k[:, :, :n_prefix], v[:, :, :n_prefix], 0.0, False, scale=scale)
             out_c, lse_c = _FORWARD(q, k[:, :, n_prefix:], v[:, :, n_prefix:], 0.0, True, scale=scale)
-            lse = torch.logaddexp(lse_p, lse_c)
-            wide = torch.promote_types(q.dtype, torch.float32)  # merge in fp32 at least (fp64 stays fp64)
-            out = (out_p.to(wide) * (lse_p - lse).exp().unsqueeze(-1)
-                   + out_c.to(wide) * (lse_c - lse).exp().unsqueeze(-1)).to(q.dtype)
+            out, lse = merge(out_p, lse_p, out_c, lse_c)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.n_prefix, ctx.scale = n_prefix, scale
         return out
@@ -65,14 +72,33 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
 
 
+_NATIVE_GQA: list = []  # [True/False] once known: the kernel takes fewer key/value heads than query heads
+
+
+def _native_gqa() -> bool:
+    """Whether the fused kernel serves query head h from key/value head h // groups itself (no repeated copy of
+    the keys and values); checked once against the repeated form."""
+    if not _NATIVE_GQA:
+        q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8)
+        try:
+            ok = torch.equal(_FORWARD(q, k, k, 0.0, False)[0], _FORWARD(q, _repeat_heads(k, 2), _repeat_heads(k, 2),
+                                                                         0.0, False)[0])
+        except RuntimeError:
+            ok = False
+        _NATIVE_GQA.append(ok)
+    return _NATIVE_GQA[0]
+
+
 def split_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     scaling: float | None) -> torch.Tensor:
     """Attention of query (B, H, L, D) over key/value (B, kv_heads, K, D), K >= L: every query sees the first
     K - L keys and the last L causally. Returns (B, L, H, D), the layout transformers' attention functions
     return."""
     groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    if groups > 1 and not _native_gqa():
+        key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     n_prefix = key.shape[2] - query.shape[2]
     out = _PrefixCausal.apply(query.contiguous(), key.contiguous(), value.contiguous(), n_prefix, float(scale))
     return out.transpose(1, 2).contiguous()
+

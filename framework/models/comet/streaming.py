@@ -61,15 +61,14 @@ class CoMeTStream:
             have = 0 if self.open is None else self.open.n_text
             take = min(size - have, n - pos)
             closes = have + take == size and pos + take < n
-            wanted = logits == "all" or (logits == "last" and pos + take == n)
+            wanted = "all" if logits == "all" else "last" if logits == "last" and pos + take == n else None
             piece = embed(input_ids[:, pos:pos + take])  # one chunk at a time: memory stays flat
             if closes and self.open is None:
-                x, plan = self._whole_chunk(piece)
+                x, plan = self._whole_chunk(piece, wanted)
             else:
-                x, plan = self._append(piece)
+                x, plan = self._append(piece, wanted)
             if wanted:
-                rows = plan.text_rows if logits == "all" else plan.text_rows[-1:]
-                outs.append(model._logits(x, rows))
+                outs.append(model._logits(x, plan.text_rows if wanted == "all" else plan.text_rows[-1:]))
             pos += take
         self.tokens_seen += n
         return torch.cat(outs, dim=1) if outs else None
@@ -84,19 +83,32 @@ class CoMeTStream:
         stride = self.model._stride
         return cfg.chunk_size + (-(-cfg.chunk_size // stride) if stride > 0 else 0) + cfg.global_mem_size
 
-    def _whole_chunk(self, embeds):
-        """A full chunk with more text after it: the training cell, nothing cached."""
+    @staticmethod
+    def _read_rows(plan, text_out: str | None) -> torch.Tensor | None:
+        """The rows whose last-layer outputs are read: the memory rows (compression, readouts) and the text rows of
+        the logits asked for ("all", "last" or None). None: every row."""
+        if text_out == "all":
+            return None
+        text = plan.text_rows[-1:] if text_out == "last" else plan.text_rows[:0]
+        return torch.cat([plan.comp_rows, plan.readout_rows, text]).sort().values
+
+    def _whole_chunk(self, embeds, text_out: str | None):
+        """A full chunk with more text after it: the training cell, nothing cached. text_out: the text rows whose
+        outputs are read ("all" or None); the last layer skips the others."""
         model = self.model
         valid, doc = self._text_meta(embeds.shape[0], embeds.shape[1])
         plan = model._plan(0, embeds.shape[1], True, valid, doc, self.index, None, mask_cache=self._mask_cache)
         x = model._embed_rows(plan, embeds)
+        last = len(model.layers) - 1
         for layer_idx in range(len(model.layers)):
-            x, self.memory[layer_idx] = model._closed_cell(layer_idx, x, self.memory[layer_idx], plan)
+            rows = self._read_rows(plan, text_out) if layer_idx == last else None
+            x, self.memory[layer_idx] = model._closed_cell(layer_idx, x, self.memory[layer_idx], plan, rows)
         self.index = plan.next_index
         return x, plan
 
-    def _append(self, embeds):
-        """Add text rows (and the compression tokens they complete) to the open chunk."""
+    def _append(self, embeds, text_out: str | None):
+        """Add text rows (and the compression tokens they complete) to the open chunk. text_out: the text rows
+        whose outputs are read ("all", "last" or None); the last layer skips the others."""
         model = self.model
         batch, take = embeds.shape[:2]
         if self.open is None:
@@ -112,12 +124,14 @@ class CoMeTStream:
                            capacity=self._chunk_rows() if opening else 0, uniform_text=True)
         x = model._embed_rows(plan, embeds)
         comp = plan.comp_rows
+        last = len(model.layers) - 1
         with use_gated_read(model.layers[0]):  # one switch of the attention implementation for every layer
             for layer_idx in range(len(model.layers)):
                 if opening:
                     oc.caches.append(model._prefix(layer_idx, self.memory[layer_idx], plan, keep=True,
                                                    capacity=self._chunk_rows()))
-                x = model._layer(layer_idx, x, plan, oc.caches[layer_idx])
+                rows = self._read_rows(plan, text_out) if layer_idx == last else None
+                x = model._layer(layer_idx, x, plan, oc.caches[layer_idx], rows)
                 if comp.numel():
                     oc.comp_outputs[layer_idx].append(x[:, comp])
         if comp.numel():
