@@ -58,3 +58,23 @@ def test_no_memory_omits_the_memory_figures_and_out_writes_the_json(capsys, tmp_
 def test_sizes_that_would_close_the_chunk_while_decoding_are_refused():
     with pytest.raises(SystemExit, match="open chunk"):
         comet_speed.main(["--tiny", "--open-tokens", "60", "--decode-tokens", "8"])
+
+
+def test_pairs_alternate_an_earlier_commit_and_the_working_tree(capsys, tmp_path):
+    import comet_speed_pairs
+
+    tiny = "--tiny --prefill-chunks 1 --open-tokens 4 --decode-tokens 2 --train-chunks 1 --threads 1 --no-memory"
+    out = tmp_path / "pairs.json"
+    result = comet_speed_pairs.main(["--before", "HEAD", "--pairs", "2", "--before-args", tiny, "--out", str(out),
+                                     "--", *tiny.split()[:-1]])
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out) == result
+    assert len(result["ratios"]) == 2
+    for name in ("prefill_s_per_chunk", "decode_ms_per_token", "training_s_per_chunk"):
+        ratios = [pair[name] for pair in result["ratios"]]
+        assert min(ratios) == result["min_ratio"][name] <= result["median_ratio"][name] <= max(ratios)
+        assert all(r > 0 for r in ratios)
+    # the kept pair is whole: its ratios are its own runs' figures
+    pair = result["before"], result["now"]
+    assert pair[0]["prefill"]["s_per_chunk"] / pair[1]["prefill"]["s_per_chunk"] in [
+        r["prefill_s_per_chunk"] for r in result["ratios"]]
+    assert pair[1]["sizes"]["prefill_chunks"] == 1 and "inference_memory" not in pair[1]

@@ -14,7 +14,7 @@ import sys
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .split_attention import split_attention
+from .split_attention import split_attention, split_gated_read
 
 
 class PrefixKV:
@@ -189,14 +189,16 @@ class ReadSpec:
     split: every row sees every key before the segment and the segment's keys up to itself, and so does every text
         row among the text keys (then attention_mask and text_mask are None): both passes run as `split_attention`,
         with no mask at all.
+    scratch: with `split`, a dict kept for the segment (every layer's call gets the same one): without grad, a
+        segment whose text rows are all the chunk's text keys then runs the text pass once (`split_gated_read`).
     """
 
     def __init__(self, base_impl: str, text_rows: torch.Tensor | None, text_keys: torch.Tensor | None,
                  text_mask: torch.Tensor | None, gate: torch.Tensor | None, key_limits: list | None = None,
-                 text_kv=None, split: bool = False):
+                 text_kv=None, split: bool = False, scratch: dict | None = None):
         self.base_impl, self.text_rows, self.text_keys = base_impl, text_rows, text_keys
         self.text_mask, self.gate, self.key_limits, self.text_kv = text_mask, gate, key_limits, text_kv
-        self.split = split
+        self.split, self.scratch = split, scratch
 
 
 def _base_attention(module, impl: str):
@@ -221,6 +223,11 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
     base = _base_attention(module, impl)
     limits = None if comet_read is None else comet_read.key_limits
     split = comet_read is not None and comet_read.split
+    if split and comet_read.gate is not None and comet_read.scratch is not None and not torch.is_grad_enabled():
+        text_k = comet_read.text_kv()[0] if comet_read.text_kv is not None else comet_read.text_keys
+        if text_k.shape[-2 if text_k.dim() > 1 else 0] == comet_read.text_rows.numel():  # the segment opens its chunk
+            return split_gated_read(query, key, value, comet_read.text_rows, comet_read.gate, scaling,
+                                    comet_read.scratch), None
     if split:
         full, weights = split_attention(module, query, key, value, scaling), None
     elif limits is None:

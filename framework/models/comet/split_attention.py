@@ -102,3 +102,65 @@ def split_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
     out = _PrefixCausal.apply(query.contiguous(), key.contiguous(), value.contiguous(), n_prefix, float(scale))
     return out.transpose(1, 2).contiguous()
 
+
+
+def _attend(q, k, v, causal: bool = False, mask: torch.Tensor | None = None, scale: float = 1.0):
+    """(output, log-sum-exp) of the fused kernel; key/value heads shared by query heads as the kernel allows."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and not _native_gqa():
+        k, v = _repeat_heads(k, groups), _repeat_heads(v, groups)
+    return _FORWARD(q, k.contiguous(), v.contiguous(), 0.0, causal, attn_mask=mask, scale=scale)
+
+
+def _later_mask(rows: torch.Tensor, keys: torch.Tensor, strict: bool, dtype) -> torch.Tensor:
+    """Additive (1, 1, rows, keys) mask: row r sees key s iff s < r (strict) or s <= r, by segment index."""
+    later = keys[None, :] >= rows[:, None] if strict else keys[None, :] > rows[:, None]
+    return torch.zeros(later.shape, dtype=dtype, device=rows.device).masked_fill_(later, torch.finfo(dtype).min)[None, None]
+
+
+def split_gated_read(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, text_rows: torch.Tensor,
+                     gate: torch.Tensor, scaling: float | None, scratch: dict) -> torch.Tensor:
+    """The gated read of a whole segment in the `split` case (every row sees every key before the segment and the
+    segment's keys up to itself), when the segment's text rows are all the text keys (it opens its chunk), without
+    grad. The text pass is one piece of the text rows' full attention, so it runs once:
+
+        text rows:   A_text = causal over the text keys;   A_full = merge(A_text, earlier keys, earlier other rows)
+                     out = A_text + gate * (A_full - A_text)
+        other rows:  A_full = merge(earlier keys, the segment's keys up to the row)
+
+    query (B, H, L, D); key/value (B, kv_heads, P + L, D); text_rows (T,) sorted segment rows; gate (H,).
+    scratch: a dict kept for the segment (the same for every layer) that holds its index tensors and masks.
+    Returns (B, L, H, D)."""
+    b, heads, n_rows, dim = query.shape
+    n_prefix = key.shape[2] - n_rows
+    scale = scaling if scaling is not None else dim ** -0.5
+    scratch = scratch.setdefault((query.dtype, n_rows), {})
+    if "other_rows" not in scratch:
+        is_other = torch.ones(n_rows, dtype=torch.bool, device=query.device)
+        is_other[text_rows] = False
+        other = is_other.nonzero().flatten()
+        before_text = other[other < text_rows[-1]]  # the other rows some text row sees (compression rows)
+        scratch.update(other_rows=other, other_before_text=before_text,
+                       text_other_mask=_later_mask(text_rows, before_text, True, query.dtype),
+                       other_mask=_later_mask(other, torch.arange(n_rows, device=query.device), False, query.dtype))
+    other, before_text = scratch["other_rows"], scratch["other_before_text"]
+    query = query.contiguous()
+    seg_k, seg_v = key[:, :, n_prefix:], value[:, :, n_prefix:]
+    prefix = _attend(query, key[:, :, :n_prefix], value[:, :, :n_prefix], scale=scale) if n_prefix else None
+
+    def with_prefix(part, rows):
+        return part if prefix is None else merge(prefix[0][:, :, rows], prefix[1][:, :, rows], *part)
+
+    q_text = query[:, :, text_rows]
+    text = _attend(q_text, seg_k[:, :, text_rows], seg_v[:, :, text_rows], causal=True, scale=scale)
+    full_text = with_prefix(text, text_rows)
+    if before_text.numel():
+        full_text = merge(*full_text, *_attend(q_text, seg_k[:, :, before_text], seg_v[:, :, before_text],
+                                               mask=scratch["text_other_mask"], scale=scale))
+    out = query.new_empty(b, heads, n_rows, dim)
+    out[:, :, text_rows] = text[0] + gate.to(query.dtype).view(1, -1, 1, 1) * (full_text[0] - text[0])
+    if other.numel():
+        full_other = with_prefix(_attend(query[:, :, other], seg_k, seg_v, mask=scratch["other_mask"], scale=scale),
+                                 other)
+        out[:, :, other] = full_other[0]
+    return out.transpose(1, 2).contiguous()

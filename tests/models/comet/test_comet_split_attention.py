@@ -102,15 +102,17 @@ def test_split_attention_query_sees_the_prefix_and_not_later_segment_keys():
 # ------------------------------------------------------------------------------------------ inside CoMeT
 @pytest.fixture
 def split_calls(monkeypatch):
-    """Counts the calls of split_attention made by the gated-read attention function."""
+    """Counts the calls of split_attention and split_gated_read made by the gated-read attention function."""
     calls = {"n": 0}
-    original = comet_attention.split_attention
 
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return original(*args, **kwargs)
+    def counting(original):
+        def count(*args, **kwargs):
+            calls["n"] += 1
+            return original(*args, **kwargs)
+        return count
 
-    monkeypatch.setattr(comet_attention, "split_attention", counting)
+    for name in ("split_attention", "split_gated_read"):
+        monkeypatch.setattr(comet_attention, name, counting(getattr(comet_attention, name)))
     return calls
 
 
