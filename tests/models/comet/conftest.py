@@ -26,6 +26,19 @@ def tiny_base(family: str, seed: int = 0, attn: str = "sdpa"):
     return model_cls(cfg).eval()
 
 
+def sliding_window_comet(window: int = 6):
+    """A tiny Mistral CoMeT whose sliding window (6 tokens) cuts inside its 16-token chunks."""
+    torch.manual_seed(0)
+    cfg = MistralConfig(**COMMON, sliding_window=window)
+    cfg._attn_implementation = "sdpa"
+    model = CoMeTForCausalLM.from_base(MistralForCausalLM(cfg).eval(), CoMeTConfig(
+        chunk_size=16, global_mem_size=4, temp_stride=4, temp_budget=8)).eval()
+    with torch.no_grad():
+        for p in model.memory_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 def tiny_comet(family: str = "qwen3", seed: int = 0, **overrides):
     params = dict(chunk_size=16, global_mem_size=4, temp_stride=4, temp_budget=8)
     params.update(overrides)

@@ -1,10 +1,8 @@
 """Decoding's in-place buffers (K/V, text K/V, per-key meta) and its mask-free attention give the training forward."""
 
 import torch
-from conftest import VOCAB, tiny_comet
-from transformers import MistralConfig, MistralForCausalLM
+from conftest import VOCAB, sliding_window_comet, tiny_comet
 
-from framework.models.comet import CoMeTConfig, CoMeTForCausalLM
 from framework.models.comet.attention import ChunkKV
 
 
@@ -34,15 +32,7 @@ def test_buffers_that_start_too_small_grow_and_give_the_same_logits():
 
 
 def test_a_sliding_window_that_cuts_inside_a_chunk_still_masks_decoding():
-    torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, sliding_window=6)
-    cfg._attn_implementation = "sdpa"
-    model = CoMeTForCausalLM.from_base(MistralForCausalLM(cfg).eval(), CoMeTConfig(
-        chunk_size=16, global_mem_size=4, temp_stride=4, temp_budget=8)).eval()
-    with torch.no_grad():
-        for p in model.memory_parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = sliding_window_comet()
     ids = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
