@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from framework.studies.compression_qa import (  # noqa: E402, F401  (re-exported for tests and notebooks)
     EVAL_SEED, FULL, LABELS, MODELS, QUICK_SIZES, TRAIN_ARGS, TRAINING_RECORD, CompressionQAStudy,
-    answer_loss_of_memory, claims, curriculum_phase, evaluate, make_batch, make_plot, method_settings,
+    claims, curriculum_phase, evaluate, make_batch, make_plot, method_settings,
     multi_query_loss, phase_seq_len, reader_exact_match, run, setting_row, state_hash, summarize_curve, tensors,
     truncation_budget)
 from framework.job import TrackingConfig  # noqa: E402

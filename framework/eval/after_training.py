@@ -134,10 +134,10 @@ def run_evaluations(job, result) -> dict:
             from framework.eval.heldout_lm import heldout_lm_report
 
             alone = not (run_passkey or run_ppl)
-            heldout = heldout_lm_report(job, loaded, uri, ev.out_dir, ev.summary_file if alone else "heldout_lm.json",
-                                        log=progress)
-            heldout = {"model": uri, "mlflow_run_id": result.run_id, "table": heldout["summary"]["table"],
-                       "file": heldout["file"]}
+            report = heldout_lm_report(job, loaded, uri, ev.out_dir, ev.summary_file if alone else "heldout_lm.json",
+                                       log=progress)
+            heldout = {"model": uri, "mlflow_run_id": result.run_id, "table": report["summary"]["table"],
+                       "file": report["file"]}
             if alone:
                 print_summary(heldout)
                 return heldout

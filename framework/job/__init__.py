@@ -19,6 +19,6 @@ from framework.job.sections import PIPELINE_STRATEGY, STRATEGIES, DataConfig, La
 from framework.job.tracking import TrackingConfig, check_run_name
 
 __all__ = ["BACKBONE_MODES", "BaseCompareEval", "BaseModelConfig", "BaseModelError", "DataConfig", "EVAL_TASKS",
-           "EvalConfig", "HeldoutLMEval", "LaunchConfig", "OptimConfig", "OptimConfigError", "PIPELINE_STRATEGY", "PasskeyEval",
-           "PerplexityEval", "RANDOM_FAMILIES", "RANDOM_PREFIX", "STRATEGIES", "TrackingConfig", "TrainJob",
+           "EvalConfig", "HeldoutLMEval", "LaunchConfig", "OptimConfig", "OptimConfigError", "PIPELINE_STRATEGY",
+           "PasskeyEval", "PerplexityEval", "RANDOM_FAMILIES", "RANDOM_PREFIX", "STRATEGIES", "TrackingConfig", "TrainJob",
            "check_run_name", "tiny_qwen3"]

@@ -258,12 +258,6 @@ def make_batch(source, lo: int, hi: int) -> dict:
     return collate([source[i] for i in range(lo, hi)])
 
 
-def answer_loss_of_memory(model, memory, batch):
-    s, c = model.answer_loss(memory, batch["question_ids"], batch["question_mask"], batch["answer_ids"],
-                             batch["answer_mask"])
-    return s / c
-
-
 def multi_query_loss(reader, batch, source, indices, queries: int):
     """Mean answer-token cross-entropy of the reader over [context ; q1 ; a1 ; ... ; qn ; an], the asked fact
     first and up to ``queries`` - 1 other facts of the same context after it (``QAFacts.qa_pairs``).

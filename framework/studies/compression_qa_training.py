@@ -10,8 +10,8 @@
 
 Every module's optimizer is ``named_group_optimizers`` (AdamW over ``optim.param_groups(named=...)``, the
 warmup + cosine ``optim.lr_scheduler`` stepped per optimizer step) and its gradient clipping is
-``TokenLossModule.configure_gradient_clipping`` (``OptimConfig.grad_clip``; the Trainer's
-``gradient_clip_val`` is the same value, so the norm is clipped once). The data come in the curriculum's
+``TokenLossModule.configure_gradient_clipping`` (``OptimConfig.grad_clip``, the norm clipped once per step;
+Lightning calls the hook whatever the Trainer's own ``gradient_clip_val``, which stays unset). The data come in the curriculum's
 order from ``StepBatches`` (the batch of step i is item i; no shuffling), and ``StepRecord`` (a Callback)
 keeps the per-step record the study reports.
 """
@@ -189,8 +189,7 @@ def fit(module, batch_fn, steps: int, study, record: StepRecord) -> dict:
             trainer = pl.Trainer(accelerator=study.accelerator, devices=1, max_steps=steps, max_epochs=1,
                                  logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
-                                 gradient_clip_val=study.grad_clip if study.grad_clip > 0 else None,
-                                 gradient_clip_algorithm="norm", callbacks=[record])
+                                 callbacks=[record])  # clipping: the module's configure_gradient_clipping
             module.train()  # every submodule (Lightning keeps the modes it finds: a reader's copy is in eval)
             trainer.fit(module, train_dataloaders=loader)
     finally:

@@ -155,8 +155,10 @@ def test_multi_query_loss_of_one_query_is_the_answer_loss(bench):
                              CompressorConfig(method="comi", encoder_layers=1, alignment="linear")).eval()
     batch = bench.tensors(bench.make_batch(source, 0, 4))
     with torch.no_grad():
-        direct = bench.answer_loss_of_memory(reader, reader.token_memory(batch["context_ids"],
-                                                                         batch["context_mask"]).memory, batch)
+        memory = reader.token_memory(batch["context_ids"], batch["context_mask"]).memory
+        total, count = reader.answer_loss(memory, batch["question_ids"], batch["question_mask"], batch["answer_ids"],
+                                          batch["answer_mask"])
+        direct = total / count
         one = bench.multi_query_loss(reader, batch, source, range(4), 1)
         three = bench.multi_query_loss(reader, batch, source, range(4), 3)
     torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)

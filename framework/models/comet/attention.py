@@ -189,8 +189,9 @@ class ReadSpec:
     split: every row sees every key before the segment and the segment's keys up to itself, and so does every text
         row among the text keys (then attention_mask and text_mask are None): both passes run as `split_attention`,
         with no mask at all.
-    scratch: with `split`, a dict kept for the segment (every layer's call gets the same one): without grad, a
-        segment whose text rows are all the chunk's text keys then runs the text pass once (`split_gated_read`).
+    scratch: with `split`, when the segment's text rows are every text key of its chunk (it opens the chunk), a dict
+        kept for the segment (every layer's call gets the same one): without grad, the text pass then runs once
+        (`split_gated_read`).
     """
 
     def __init__(self, base_impl: str, text_rows: torch.Tensor | None, text_keys: torch.Tensor | None,
@@ -224,10 +225,8 @@ def gated_read_attention(module, query, key, value, attention_mask, dropout: flo
     limits = None if comet_read is None else comet_read.key_limits
     split = comet_read is not None and comet_read.split
     if split and comet_read.gate is not None and comet_read.scratch is not None and not torch.is_grad_enabled():
-        text_k = comet_read.text_kv()[0] if comet_read.text_kv is not None else comet_read.text_keys
-        if text_k.shape[-2 if text_k.dim() > 1 else 0] == comet_read.text_rows.numel():  # the segment opens its chunk
-            return split_gated_read(query, key, value, comet_read.text_rows, comet_read.gate, scaling,
-                                    comet_read.scratch), None
+        return split_gated_read(query, key, value, comet_read.text_rows, comet_read.gate, scaling,
+                                comet_read.scratch), None
     if split:
         full, weights = split_attention(module, query, key, value, scaling), None
     elif limits is None:

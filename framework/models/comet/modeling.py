@@ -284,9 +284,10 @@ class CoMeTForCausalLM(PreTrainedModel, GenerationMixin):
                     # a single text row in a prefix-only segment is the newest text key: it sees every text key
                     text_mask = None if split or (prefix and n_text == 1) else plan.text_mask(window, x.dtype)
                     text_kv = cache.text_kv if streaming and cache.track_text else None
+                    opens = plan.keys.valid.shape[1] - plan.keys.n_other == n_text  # every text key is this segment's
                     read = ReadSpec(impl, plan.text_rows, None if text_kv else plan.text_keys, text_mask, gate,
                                     key_limits=limits, text_kv=text_kv, split=split,
-                                    scratch=plan.masks.setdefault("split_read", {}) if split else None)
+                                    scratch=plan.masks.setdefault("split_read", {}) if split and opens else None)
                 out = layer(x, attention_mask=mask, position_ids=plan.positions,
                             position_embeddings=(plan.cos, plan.sin), use_cache=False, comet_read=read, **kwargs)
         return out[0] if isinstance(out, tuple) else out

@@ -12,6 +12,7 @@ import torch
 from .attention import segment_mask
 from .layout import SegmentLayout, chunk_plan_layout, last_real_doc, layout_rows, row_meta, segment_layout
 from .memory import MemoryIndex, fifo_select
+from .split_attention import later_mask
 
 FEW_ROWS = 4  # segments of at most this many rows (decoding) attend without masks when they can
 
@@ -156,9 +157,8 @@ class SegmentPlan:
         if not self.unmasked(window):
             return segment_mask(self.keys.valid, self.keys.doc, self.keys.pos, self.layout.n_rows, window, dtype, rows)
         n_keys = self.keys.valid.shape[1]  # each row sees every key up to itself
-        later = torch.arange(n_keys, device=rows.device) > (rows + (n_keys - self.layout.n_rows))[:, None]
-        mask = torch.zeros(later.shape, dtype=dtype, device=rows.device).masked_fill_(later, torch.finfo(dtype).min)
-        return mask.expand(self.keys.valid.shape[0], 1, *later.shape)
+        mask = later_mask(rows + (n_keys - self.layout.n_rows), torch.arange(n_keys, device=rows.device), dtype)
+        return mask.expand(self.keys.valid.shape[0], -1, -1, -1)
 
     @property
     def reads_non_text(self) -> bool:
