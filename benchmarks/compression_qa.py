@@ -133,8 +133,14 @@ def study_of(args) -> CompressionQAStudy:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # the stages' MLflow lines; stdout is the JSON's
-        result = run(study_of(args))
+    from framework.tracking.checkpoints import CheckpointError
+    from framework.tracking.store import TrackingError
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the stages' MLflow lines; stdout is the JSON's
+            result = run(study_of(args))
+    except (CheckpointError, TrackingError) as err:  # a bad --resume or store: the cause and the fix, no traceback
+        raise SystemExit(f"error: {err}") from None
     plot = Path(make_plot(result, args.plot)).resolve()
     result["plot"] = str(plot.relative_to(REPO)) if plot.is_relative_to(REPO) else str(plot)
     text = json.dumps(result, indent=2)

@@ -9,8 +9,10 @@ Each stage is a normal job (Ray Train, checkpoints, a registered model) whose ML
 of the parent (tag ``mlflow.parentRunId``) and carries ``longctx.stage = <parent id>/<stage>``.
 When a stage finishes, the parent records its outcome in tags ``longctx.stage.<stage>.*``.
 
-Resume (``--resume runs:/<parent id>``, or ``auto``: the newest parent run of this run name):
-finished stages are not run again (their recorded JobResult is returned); an unfinished stage
+Resume (``--resume runs:/<parent id>``, or ``auto``: the newest parent run of this run name) must
+come with the params the parent logged (apart from ``free_params`` and framework.tracking.resume's
+RESUME_FREE_PARAMS), or it is refused naming the differing keys, since the finished stages it reuses
+were trained with the logged ones. Finished stages are not run again (their recorded JobResult is returned); an unfinished stage
 continues its own run from its newest checkpoint, or starts again when it reached none.
 
 A stage may also run in this process (``stages.local(stage, fn)``, e.g. a small study's stage
@@ -52,8 +54,9 @@ class Stages:
 
     @classmethod
     def open(cls, tracking: TrackingConfig, run_name: str, resume: str | None = None,
-             params: dict | None = None) -> "Stages":
-        """Open the parent run: a new one, or the one `resume` names (runs:/<id> or auto)."""
+             params: dict | None = None, free_params: tuple = ()) -> "Stages":
+        """Open the parent run: a new one, or the one `resume` names (runs:/<id> or auto), whose logged
+        params must equal `params` but for `free_params` (keys that change no stage's outcome)."""
         from mlflow import MlflowClient
 
         uri = resolve_tracking_uri(tracking)
@@ -68,11 +71,12 @@ class Stages:
             if params:
                 from mlflow.entities import Param
 
-                batch = [Param(k, str(v)[:6000]) for k, v in redact_params(params).items()]
+                batch = [Param(k, v) for k, v in _as_logged(params).items()]
                 for i in range(0, len(batch), 100):
                     client.log_batch(run_id, params=batch[i:i + 100])
             print(f"[longctx] MLflow run {run_id} ({run_name}): the parent of this recipe's jobs")
         else:
+            _check_same_params(client.get_run(run_id), params, free_params, resume)
             client.update_run(run_id, status="RUNNING")
             print(f"[longctx] resuming the jobs of MLflow run {run_id} ({run_name})")
         tags = dict(client.get_run(run_id).data.tags)
@@ -192,6 +196,26 @@ def _load_artifact_dict(client, pointer: dict) -> dict:
         path = client.download_artifacts(pointer["run_id"], pointer["result_artifact"], tmp)
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
+
+
+def _as_logged(params: dict) -> dict:
+    """Params as MLflow keeps them: secrets redacted, values as (at most 6000 characters of) text."""
+    return {k: str(v)[:6000] for k, v in redact_params(params).items()}
+
+
+def _check_same_params(run, params: dict | None, free_params, resume: str) -> None:
+    """Refuse to resume a parent whose logged params differ from `params` in a key outside `free_params`."""
+    from framework.tracking.resume import config_changes
+
+    if not params:
+        return
+    changes = {k: d for k, d in config_changes(run.data.params, _as_logged(params)).items() if k not in free_params}
+    if changes:
+        shown = ", ".join(f"{k} (logged {a!r}, now {b!r})" for k, (a, b) in list(changes.items())[:8])
+        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+        raise CheckpointError(f"--resume {resume}: parent run {run.info.run_id} ran its stages with other settings: "
+                              f"{shown}{more}. Its finished stages would be reused as if trained with the new ones. "
+                              "Fix: rerun with the logged values, or start a new run (drop --resume)")
 
 
 def _parent_to_resume(client, experiment_id: str, run_name: str, resume: str | None) -> str | None:

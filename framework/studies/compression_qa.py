@@ -424,6 +424,8 @@ def make_plot(result: dict, path: str) -> str:
 
 # ---------------------------------------------------------------------------------------- the study
 RUN_NAME = "compression_qa"  # the MLflow parent run's name (Stages.open; --resume auto finds the newest)
+# fields a resume may change: they set how fast or how loudly a stage runs, not what it learns
+RESUME_FREE_FIELDS = ("threads", "log_every", "accelerator")
 STAGE_EVAL = "evaluation"
 
 
@@ -455,7 +457,8 @@ def run(study: CompressionQAStudy, log=None) -> dict:
     from framework.launch.stages import Stages
 
     study.check()
-    stages = Stages.open(study.tracking, run_name=RUN_NAME, resume=study.resume, params=study_params(study))
+    stages = Stages.open(study.tracking, run_name=RUN_NAME, resume=study.resume, params=study_params(study),
+                         free_params=RESUME_FREE_FIELDS)
     try:
         result = run_stages(study, stages, log)
     except BaseException:

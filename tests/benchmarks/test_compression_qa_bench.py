@@ -284,6 +284,10 @@ def test_resume_skips_the_stages_that_finished(bench, tmp_path, monkeypatch):
                 "evaluation", "evaluation", "mean_pool", "reader"]
             mp.setattr(compression_qa, "evaluate", broken)  # a finished run: every stage's record is reused
             finished = bench.main(argv + ["--resume", f"runs:/{parent.info.run_id}"])
+            # other settings would reuse stages trained with the logged ones: refused before any stage runs
+            with pytest.raises(SystemExit, match=r"error: --resume auto: .*lr \(logged '0.001', now '0.01'\).*Fix"):
+                bench.main(argv + ["--resume", "auto", "--lr", "0.01"])
+            bench.main(argv + ["--resume", "auto", "--threads", "2"])  # how fast it runs may change
     finally:
         torch.set_num_threads(threads)
     from framework.models.compression.skeleton import CompressorForQA

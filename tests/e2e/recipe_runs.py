@@ -106,6 +106,20 @@ def ray_pids(temp_dir: str) -> list[int]:
     return pids
 
 
+def ensure_ray_token(env: dict) -> None:
+    """The README's `ray get-auth-token --generate` (once per machine), when no token is there yet: on a fresh
+    machine `ray start` with token auth on refuses to start without one (Ray's AuthenticationError)."""
+    if env.get("RAY_AUTH_TOKEN"):
+        return
+    path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if os.path.exists(path):
+        return
+    made = subprocess.run(["ray", "get-auth-token", "--generate"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=120)  # stdout is the token: never shown
+    if made.returncode != 0 or not os.path.exists(path):
+        raise RuntimeError(f"ray get-auth-token --generate did not write {path}: {made.stderr[-2000:]}")
+
+
 class RayHead:
     """A local Ray head started with `ray start --head`, token auth on (RAY_AUTH_MODE=token), in a short temp dir of
     its own; `stop` kills only its processes. Recipes attach with RAY_ADDRESS=`address`; its processes (the
@@ -128,6 +142,7 @@ class RayHead:
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env["RAY_AUTH_MODE"] = "token"
         self.env = dict(env)
+        ensure_ray_token(env)
         started = subprocess.run(
             ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
              "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",

@@ -8,7 +8,7 @@ import tempfile
 import time
 
 import pytest
-from recipe_runs import ROOT, free_port, head_env, head_ports, ray_pids, recipe_env
+from recipe_runs import ROOT, ensure_ray_token, free_port, head_env, head_ports, ray_pids, recipe_env
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.own_ray]  # the test's own head, not the shared one
 
@@ -20,6 +20,7 @@ def ray_head():
     env = recipe_env()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["RAY_AUTH_MODE"] = "token"
+    ensure_ray_token(env)
     start = subprocess.run(
         ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
          "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",

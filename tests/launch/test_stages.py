@@ -52,6 +52,24 @@ def test_resume_auto_takes_the_newest_parent_of_that_name_and_never_a_stage(trac
     assert Stages.open(tracking, run_name="fresh-name", resume="auto").run_id not in (first.run_id, newer.run_id)
 
 
+def test_a_resume_with_other_settings_is_refused_naming_them(tracking):
+    params = {"study.steps": 400, "study.lr": 1e-3, "study.threads": 1, "launch.num_workers": 2,
+              "tracking.experiment": "a", "study.models": ["ram", "comi"]}
+    stages = Stages.open(tracking, run_name="study", params=params)
+    changed = dict(params, **{"study.steps": 800, "study.models": ["ram"]})
+    with pytest.raises(CheckpointError, match=r"study\.models \(logged \"\['ram', 'comi'\]\", now \"\['ram'\]\"\)"
+                       r".*study\.steps \(logged '400', now '800'\).*Fix: rerun with the logged values"):
+        Stages.open(tracking, run_name="study", resume=f"runs:/{stages.run_id}", params=changed)
+    with pytest.raises(CheckpointError, match="study.steps"):  # auto finds the same parent
+        Stages.open(tracking, run_name="study", resume="auto", params=changed)
+    # how fast or where it runs, and tracking settings, may change; so may a key the free list names
+    same = dict(params, **{"study.threads": 2, "launch.num_workers": 1, "tracking.experiment": "b"})
+    assert Stages.open(tracking, run_name="study", resume="auto", params=same,
+                       free_params=("study.threads",)).run_id == stages.run_id
+    with pytest.raises(CheckpointError, match="study.threads"):
+        Stages.open(tracking, run_name="study", resume="auto", params=same)
+
+
 def test_resuming_a_run_that_is_not_a_parent_or_a_model_is_refused_with_the_fix(tracking):
     stages = Stages.open(tracking, run_name="study")
     child = stages.client.create_run(stages.experiment_id, run_name="lm").info.run_id

@@ -52,8 +52,10 @@ def test_robust_sft_learns_the_fact_and_the_merge_keeps_it(mm4ke, tiny_models, t
 def test_sequential_edits_report_every_round(mm4ke, tiny_models, tmp_path, capsys):
     facts = tmp_path / "facts.jsonl"
     facts.write_text(json.dumps(FACT) + "\n" + json.dumps(FACT_2) + "\n")
-    code = mm4ke.main(["--base", tiny_models["base"], "--facts", str(facts), "--rounds", "2", "--steps", "25",
-                       "--lr", "1e-2", "--out", str(tmp_path / "edited")])
+    # 60 steps at 5e-3 learn each round's fact with a wide margin (target loss ~0.03); at 1e-2 the second
+    # round's Adam stalled near loss 0.8 on one machine's CPU while it learned the fact on another's
+    code = mm4ke.main(["--base", tiny_models["base"], "--facts", str(facts), "--rounds", "2", "--steps", "60",
+                       "--lr", "5e-3", "--out", str(tmp_path / "edited")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads(captured.out)
