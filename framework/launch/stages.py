@@ -12,8 +12,9 @@ When a stage finishes, the parent records its outcome in tags ``longctx.stage.<s
 Resume (``--resume runs:/<parent id>``, or ``auto``: the newest parent run of this run name) must
 come with the params the parent logged (apart from ``free_params`` and framework.tracking.resume's
 RESUME_FREE_PARAMS), or it is refused naming the differing keys, since the finished stages it reuses
-were trained with the logged ones. Finished stages are not run again (their recorded JobResult is returned); an unfinished stage
-continues its own run from its newest checkpoint, or starts again when it reached none.
+were trained with the logged ones. Finished stages are not run again (their recorded JobResult is
+returned); an unfinished stage continues its own run from its newest checkpoint, or starts again when
+it reached none.
 
 A stage may also run in this process (``stages.local(stage, fn)``, e.g. a small study's stage
 trained by an in-process Lightning Trainer): a child run tagged like a job's, ``fn()``'s JSON result
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 from framework.config import ConfigError
 from framework.job import TrackingConfig
-from framework.launch.run import JobResult, LaunchError, run_job
+from framework.launch.run import MAX_PARAM_CHARS, JobResult, LaunchError, run_job
 from framework.tracking.checkpoints import CheckpointError, newest_run_checkpoint
 from framework.tracking.redact import redact, redact_params
 from framework.tracking.store import check_store, default_artifact_location, ensure_experiment, resolve_tracking_uri
@@ -199,23 +200,19 @@ def _load_artifact_dict(client, pointer: dict) -> dict:
 
 
 def _as_logged(params: dict) -> dict:
-    """Params as MLflow keeps them: secrets redacted, values as (at most 6000 characters of) text."""
-    return {k: str(v)[:6000] for k, v in redact_params(params).items()}
+    """Params as MLflow keeps them: secrets redacted, values as (at most MAX_PARAM_CHARS characters of) text."""
+    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in redact_params(params).items()}
 
 
 def _check_same_params(run, params: dict | None, free_params, resume: str) -> None:
     """Refuse to resume a parent whose logged params differ from `params` in a key outside `free_params`."""
-    from framework.tracking.resume import config_changes
+    from framework.tracking.resume import config_changes, describe_changes
 
-    if not params:
-        return
-    changes = {k: d for k, d in config_changes(run.data.params, _as_logged(params)).items() if k not in free_params}
+    changes = config_changes(run.data.params, _as_logged(params), free=free_params) if params else {}
     if changes:
-        shown = ", ".join(f"{k} (logged {a!r}, now {b!r})" for k, (a, b) in list(changes.items())[:8])
-        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
         raise CheckpointError(f"--resume {resume}: parent run {run.info.run_id} ran its stages with other settings: "
-                              f"{shown}{more}. Its finished stages would be reused as if trained with the new ones. "
-                              "Fix: rerun with the logged values, or start a new run (drop --resume)")
+                              f"{describe_changes(changes)}. Its finished stages would be reused as if trained with "
+                              "the new ones. Fix: rerun with the logged values, or start a new run (drop --resume)")
 
 
 def _parent_to_resume(client, experiment_id: str, run_name: str, resume: str | None) -> str | None:

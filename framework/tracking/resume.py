@@ -50,17 +50,23 @@ RENAMED_PARAM_PREFIXES = {"method.": "optim."}
 FORCED_TAG = "longctx.resume.forced_changes"  # set on a run resumed with force: {key: [logged, new]}
 
 
-def config_changes(logged: dict, params: dict) -> dict:
+def config_changes(logged: dict, params: dict, free=()) -> dict:
     """{key: (logged value, new value)} for every param that changes training and differs. Keys on one side
     only (a field added or removed by a newer longctx) are not compared; an older run's keys of a renamed
-    section (RENAMED_PARAM_PREFIXES) are compared under the new name."""
+    section (RENAMED_PARAM_PREFIXES) are compared under the new name. free: more keys that may differ."""
     logged = dict(logged)
     for key in [k for k in logged if k.startswith(tuple(RENAMED_PARAM_PREFIXES))]:
         old = next(p for p in RENAMED_PARAM_PREFIXES if key.startswith(p))
         logged.setdefault(RENAMED_PARAM_PREFIXES[old] + key[len(old):], logged[key])
     return {k: (logged[k], v) for k, v in sorted(params.items())
-            if k in logged and logged[k] != v and k not in RESUME_FREE_PARAMS
+            if k in logged and logged[k] != v and k not in RESUME_FREE_PARAMS and k not in free
             and not k.startswith(RESUME_FREE_SECTIONS)}
+
+
+def describe_changes(changes: dict, limit: int = 8) -> str:
+    """config_changes() for an error message: "key (logged 'a', now 'b'), ..." (the first `limit`)."""
+    shown = ", ".join(f"{k} (logged {a!r}, now {b!r})" for k, (a, b) in list(changes.items())[:limit])
+    return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def _check_config(run, params: dict | None, resume: str, force: bool) -> dict:
@@ -69,10 +75,8 @@ def _check_config(run, params: dict | None, resume: str, force: bool) -> dict:
         return {}
     changes = config_changes(run.data.params, params)
     if changes and not force:
-        shown = ", ".join(f"{k} (logged {a!r}, now {b!r})" for k, (a, b) in list(changes.items())[:8])
-        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
         raise CheckpointError(f"--resume {resume}: run {run.info.run_id} was trained with another config: "
-                              f"{shown}{more}. Fix: rerun with the logged values, start a new run (drop --resume, "
+                              f"{describe_changes(changes)}. Fix: rerun with the logged values, start a new run (drop --resume, "
                               "or another --run-name), or pass --resume-force to continue it anyway")
     return changes
 
